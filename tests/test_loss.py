@@ -1,0 +1,115 @@
+import json
+
+import pytest
+import torch
+
+from trl_srum.loss import srum_loss
+
+from .conftest import SHARED_DIR
+
+
+FIXTURE = SHARED_DIR / "fixtures" / "srum_official" / "cases.json"
+CASES = json.loads(FIXTURE.read_text())["loss_cases"]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_self_constraint_matches_released_code(case):
+    def tensor(key):
+        return torch.tensor(case[key])
+
+    loss, metrics = srum_loss(
+        tensor("v_pred"),
+        tensor("noise"),
+        tensor("latent_sample"),
+        tensor("token_reward"),
+        lambda_constraint=case["lambda_constraint"],
+        latents_anchor=tensor("latent_anchor"),
+    )
+    assert loss.item() == pytest.approx(case["loss"], rel=1e-5)
+    assert metrics["loss_reward"] == pytest.approx(case["loss_reward"], rel=1e-5)
+    assert metrics["loss_constraint"] == pytest.approx(case["loss_constraint"], rel=1e-5)
+
+
+def _random_batch(num_tokens=10, dim=8, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(num_tokens, dim, generator=generator) for _ in range(3)]
+
+
+def test_anchor_defaults_to_latents():
+    v, noise, latents = _random_batch()
+    rewards = torch.rand(10)
+    default, _ = srum_loss(v, noise, latents, rewards)
+    explicit, _ = srum_loss(v, noise, latents, rewards, latents_anchor=latents)
+    assert default.item() == explicit.item()
+
+
+def test_packed_batch_is_a_token_weighted_mean():
+    # Two images packed together: the loss is the mean over all tokens, not the mean of per-image means.
+    v, noise, latents = _random_batch(num_tokens=12)
+    rewards = torch.rand(12)
+    packed, _ = srum_loss(v, noise, latents, rewards, lambda_constraint=0.0)
+    first, _ = srum_loss(v[:3], noise[:3], latents[:3], rewards[:3], lambda_constraint=0.0)
+    second, _ = srum_loss(v[3:], noise[3:], latents[3:], rewards[3:], lambda_constraint=0.0)
+    assert packed.item() == pytest.approx((3 * first.item() + 9 * second.item()) / 12, rel=1e-6)
+    assert packed.item() != pytest.approx((first.item() + second.item()) / 2, rel=1e-3)
+
+
+def test_reference_constraint_pulls_toward_v_ref():
+    v, noise, latents = _random_batch()
+    v_ref = v + 0.5
+    loss, metrics = srum_loss(
+        v, noise, latents, torch.zeros(10), lambda_constraint=2.0, v_ref=v_ref, constraint="reference"
+    )
+    assert metrics["loss_constraint"] == pytest.approx(0.25, rel=1e-6)
+    assert loss.item() == pytest.approx(0.5, rel=1e-6)
+    with pytest.raises(ValueError, match="needs v_ref"):
+        srum_loss(v, noise, latents, torch.zeros(10), constraint="reference")
+
+
+def test_reference_constraint_does_not_backpropagate_into_the_reference():
+    v, noise, latents = _random_batch()
+    v_ref = torch.randn_like(v, requires_grad=True)
+    v = v.clone().requires_grad_(True)
+    loss, _ = srum_loss(v, noise, latents, torch.ones(10), v_ref=v_ref, constraint="reference")
+    loss.backward()
+    assert v.grad is not None and v_ref.grad is None
+
+
+class TestRepulsion:
+    def test_negative_reward_pushes_prediction_away_until_the_margin(self):
+        _, noise, latents = _random_batch(num_tokens=1, dim=4)
+        target = noise - latents
+        near = (target + 0.1).requires_grad_(True)  # squared error 0.01 < margin
+        loss, _ = srum_loss(near, noise, latents, torch.tensor([-1.0]), lambda_constraint=0.0, repulsion_margin=1.0)
+        loss.backward()
+        # Gradient descent moves the prediction further from the target.
+        step = near.detach() - 0.1 * near.grad
+        assert (step - target).pow(2).mean() > (near.detach() - target).pow(2).mean()
+
+        far = (target + 2.0).requires_grad_(True)  # squared error 4 > margin: no more push
+        loss, _ = srum_loss(far, noise, latents, torch.tensor([-1.0]), lambda_constraint=0.0, repulsion_margin=1.0)
+        loss.backward()
+        assert loss.item() == 0.0 and torch.count_nonzero(far.grad) == 0
+
+    def test_repulsion_is_bounded(self):
+        v, noise, latents = _random_batch()
+        for scale in (0.0, 1.0, 10.0, 1e3):
+            loss, _ = srum_loss(v * scale, noise, latents, -torch.ones(10), lambda_constraint=0.0)
+            assert 0.0 <= loss.item() <= 1.0
+
+    def test_non_negative_rewards_never_repel(self):
+        v, noise, latents = _random_batch()
+        _, metrics = srum_loss(v, noise, latents, torch.rand(10))
+        assert metrics["repelled_fraction"] == 0.0
+
+
+def test_shape_and_value_errors_name_the_problem():
+    v, noise, latents = _random_batch()
+    with pytest.raises(ValueError, match="token_rewards must be"):
+        srum_loss(v, noise, latents, torch.ones(3))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        srum_loss(v, noise, latents, torch.full((10,), float("nan")))
+    with pytest.raises(ValueError, match="must all be"):
+        srum_loss(v, noise[:5], latents, torch.ones(10))
+    with pytest.raises(ValueError, match="unknown constraint"):
+        srum_loss(v, noise, latents, torch.ones(10), constraint="kl")

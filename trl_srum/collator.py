@@ -1,0 +1,76 @@
+"""Turn rollout rows into what one SRUM step needs: prompts, clean latents or images, and per-token rewards."""
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from .reward_map import RewardMapMode, RewardMapStats, build_reward_map
+from .rollout.schema import check_scores_finite
+
+
+def _stored_latents(row: Mapping[str, Any]) -> tuple[torch.Tensor, tuple[int, int]] | None:
+    latents, grid = row.get("latents"), row.get("latent_grid")
+    if latents is None or grid is None:
+        return None
+    tensor = torch.as_tensor(latents, dtype=torch.float32)
+    rows, cols = (int(v) for v in grid)
+    if tensor.ndim != 2 or tensor.shape[0] != rows * cols:
+        raise ValueError(
+            f"rollout row {row.get('row_id')!r}: latents of shape {tuple(tensor.shape)} do not fit "
+            f"latent_grid {(rows, cols)}"
+        )
+    return tensor, (rows, cols)
+
+
+@dataclass
+class SRUMDataCollator:
+    """Collate rollout rows (dicts as stored by stage 1) into one batch.
+
+    Args:
+        latent_grid: the model's `latent_grid`, used for rows whose latents must be encoded from the image.
+        use_stored_latents: take the generator's own latents when a row has them.
+        reward_map_mode / use_global_reward / use_local_rewards: how scores become token rewards (see `SRUMConfig`).
+    """
+
+    latent_grid: Callable[[tuple[int, int]], tuple[int, int]]
+    use_stored_latents: bool = True
+    reward_map_mode: RewardMapMode = "official"
+    use_global_reward: bool = True
+    use_local_rewards: bool = True
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        batch: dict[str, list[Any]] = {
+            key: [] for key in ("row_ids", "prompts", "images", "latents", "grids", "token_rewards", "global_scores")
+        }
+        stats = RewardMapStats()
+        num_regions = 0
+        for row in rows:
+            row_id = str(row["row_id"])
+            check_scores_finite(row)
+            image = row.get("image")
+            stored = _stored_latents(row) if self.use_stored_latents else None
+            if image is None:
+                raise ValueError(f"rollout row {row_id!r} has no image: its boxes are in the image's pixels")
+            if stored is not None:
+                latents, grid = stored
+            else:
+                latents = None
+                try:
+                    grid = self.latent_grid(image.size)
+                except ValueError as error:
+                    raise ValueError(f"rollout row {row_id!r}: {error}") from error
+            global_score = row.get("global_score") if self.use_global_reward else 0.0
+            regions = (row.get("regions") or []) if self.use_local_rewards else []
+            num_regions += len(regions)
+            rewards = build_reward_map(global_score, regions, image.size, grid, self.reward_map_mode, stats=stats)
+
+            batch["row_ids"].append(row_id)
+            batch["prompts"].append(str(row["prompt"]))
+            batch["images"].append(image)
+            batch["latents"].append(latents)
+            batch["grids"].append(grid)
+            batch["token_rewards"].append(rewards.flatten())
+            batch["global_scores"].append(row.get("global_score"))
+        return {**batch, "reward_stats": {**asdict(stats), "regions": num_regions}}

@@ -1,0 +1,56 @@
+"""Unified models that implement `trl_srum.protocol.UnifiedModel`, and one loader for all of them."""
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedModel
+
+from .bagel import BagelConfig, BagelModel
+from .blip3o import Blip3oConfig, Blip3oModel
+from .blip3o.conversion import OFFICIAL_MODEL_TYPES as BLIP3O_OFFICIAL_MODEL_TYPES
+
+
+# model_type in config.json -> the class whose from_pretrained reads that folder (ours or an official release).
+MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
+    BagelConfig.model_type: BagelModel,
+    Blip3oConfig.model_type: Blip3oModel,
+    **dict.fromkeys(BLIP3O_OFFICIAL_MODEL_TYPES, Blip3oModel),
+}
+
+
+def _is_official_bagel_folder(path: Path) -> bool:
+    # The official BAGEL release has no config our loader can read, only these files.
+    return (path / "ema.safetensors").is_file() and (path / "llm_config.json").is_file()
+
+
+def load_unified_model(name_or_path: str | os.PathLike, **kwargs: Any) -> PreTrainedModel:
+    """Load any supported unified model from a local folder (ours or an official release) or a Hub id.
+
+    `kwargs` go to `from_pretrained` (e.g. `dtype`, `device_map`, `quantization_config`).
+
+    Raises:
+        ValueError: naming the folder when it holds no model this package can load.
+    """
+    path = Path(name_or_path)
+    if not path.is_dir():
+        from huggingface_hub import hf_hub_download
+
+        config_file = Path(hf_hub_download(str(name_or_path), "config.json"))
+    elif _is_official_bagel_folder(path):
+        return BagelModel.from_pretrained(path, **kwargs)
+    else:
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            raise ValueError(f"{path} has no config.json and is not an official BAGEL release folder")
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    if model_type not in MODEL_CLASSES:
+        raise ValueError(
+            f"{name_or_path}: model_type {model_type!r} is not a unified model trl-srum supports "
+            f"({sorted(MODEL_CLASSES)})"
+        )
+    return MODEL_CLASSES[model_type].from_pretrained(name_or_path, **kwargs)
+
+
+__all__ = ["MODEL_CLASSES", "BagelConfig", "BagelModel", "Blip3oConfig", "Blip3oModel", "load_unified_model"]

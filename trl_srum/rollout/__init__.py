@@ -1,0 +1,25 @@
+"""Stage 1 of SRUM: self-generated, self-judged rollouts, stored as a `datasets` dataset."""
+
+from .config import RolloutConfig
+from .official import convert_official_srum_data
+from .prompts import PromptRecord, load_prompts, resolve_prompts, shapes_prompts
+from .runner import RolloutRunner, build_proposer, candidate_seed, run_rollouts
+from .schema import ROLLOUT_FEATURES, ROLLOUT_STATUSES, STATUS_OK, make_row_id
+
+
+__all__ = [
+    "ROLLOUT_FEATURES",
+    "ROLLOUT_STATUSES",
+    "STATUS_OK",
+    "PromptRecord",
+    "RolloutConfig",
+    "RolloutRunner",
+    "build_proposer",
+    "candidate_seed",
+    "convert_official_srum_data",
+    "load_prompts",
+    "make_row_id",
+    "resolve_prompts",
+    "run_rollouts",
+    "shapes_prompts",
+]

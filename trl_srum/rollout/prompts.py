@@ -1,0 +1,89 @@
+"""Prompt files for stage 1: read once, validated up front, so a bad file fails before any image is drawn."""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    prompt_id: str
+    prompt: str
+    category: str = ""
+
+
+def _record(item: object, index: int, where: Path) -> PromptRecord:
+    if isinstance(item, str):
+        return PromptRecord(str(index), item)
+    if not isinstance(item, dict):
+        raise ValueError(f"{where}: entry {index} is neither a string nor an object")
+    # The released T2I-CompBench files use Question / Category / Question_id.
+    prompt = item.get("prompt", item.get("Question"))
+    if not isinstance(prompt, str):
+        raise ValueError(f"{where}: entry {index} has no string 'prompt' (or 'Question')")
+    prompt_id = item.get("prompt_id", item.get("Question_id", index))
+    return PromptRecord(str(prompt_id), prompt, str(item.get("category", item.get("Category", ""))))
+
+
+def load_prompts(path: str | Path) -> list[PromptRecord]:
+    """Read prompts from a `.json` list, a `.jsonl` file or a `.txt` file (one prompt per line).
+
+    Empty prompts are kept (stage 1 records them as invalid rows); duplicate prompt ids are an error.
+
+    Raises:
+        FileNotFoundError / ValueError: naming the file and, where it applies, the entry.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read prompt file {path}: {error}") from error
+    try:
+        if path.suffix == ".json":
+            items = json.loads(text)
+            if not isinstance(items, list):
+                raise ValueError(f"{path}: expected a JSON list of prompts")
+        elif path.suffix == ".jsonl":
+            items = [json.loads(line) for line in text.splitlines() if line.strip()]
+        elif path.suffix == ".txt":
+            items = text.splitlines()
+        else:
+            raise ValueError(f"{path}: unknown prompt file type {path.suffix!r} (use .json, .jsonl or .txt)")
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from error
+
+    records = [_record(item, index, path) for index, item in enumerate(items)]
+    seen: set[str] = set()
+    for record in records:
+        if record.prompt_id in seen:
+            raise ValueError(f"{path}: duplicate prompt id {record.prompt_id!r}")
+        seen.add(record.prompt_id)
+    return records
+
+
+def shapes_prompts(split: str, per_category: int, seed: int) -> list[PromptRecord]:
+    """Prompts of the shapes world: `per_category` specs of every category from one split."""
+    from ..shapes import CATEGORIES, describe, sample_specs
+
+    records = []
+    for category in CATEGORIES:
+        for index, spec in enumerate(sample_specs(category, per_category, seed, split=split)):
+            records.append(PromptRecord(f"{split}-{category}-{index}", describe(spec), category))
+    return records
+
+
+def resolve_prompts(
+    prompts_file: str | None, shapes_per_category: int, seed: int, limit: int | None
+) -> list[PromptRecord]:
+    """The prompts a stage-1 configuration asks for: a file, or shapes-world training prompts."""
+    if prompts_file and shapes_per_category:
+        raise ValueError("give either prompts_file or shapes_prompts, not both")
+    if prompts_file:
+        records = load_prompts(prompts_file)
+    elif shapes_per_category:
+        records = shapes_prompts("train", shapes_per_category, seed)
+    else:
+        raise ValueError("stage 1 needs prompts: set prompts_file or shapes_prompts")
+    return records[:limit] if limit is not None else records

@@ -1,0 +1,251 @@
+"""Stage 1 end to end: prompts -> candidates -> region proposals -> relevance filter -> self-judge -> dataset."""
+
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from accelerate import PartialState
+from datasets import Dataset, load_from_disk
+from tqdm.auto import tqdm
+
+from ..judge.scoring import SelfJudge
+from ..protocol import GeneratedImage, UnifiedModel
+from .config import RolloutConfig
+from .gallery import summarize_rollouts, write_gallery
+from .prompts import PromptRecord
+from .proposals import (
+    ForegroundComponentsProposer,
+    GroundingProposer,
+    ProposalFilter,
+    RegionProposer,
+    SegmentAnythingProposer,
+    TransformersSamProposer,
+    propose_regions,
+)
+from .schema import STATUS_OK, make_row_id
+from .writer import RolloutWriter
+
+
+logger = logging.getLogger(__name__)
+
+
+def candidate_seed(base_seed: int, prompt_id: str, candidate_index: int) -> int:
+    """The seed of one candidate, from (base seed, prompt id, candidate index) only: no process or order enters it."""
+    digest = hashlib.sha256(f"{base_seed}:{prompt_id}:{candidate_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def build_proposer(config: RolloutConfig, model: UnifiedModel) -> RegionProposer | None:
+    """The region proposer a rollout config asks for."""
+    keep = ProposalFilter(
+        min_area_fraction=config.min_region_area,
+        max_area_fraction=config.max_region_area,
+        nms_iou=config.nms_iou,
+        max_regions=config.max_regions,
+    )
+    if config.proposer == "sam":
+        return SegmentAnythingProposer.from_checkpoint(config.sam_checkpoint, config.sam_model_type, keep=keep)
+    if config.proposer == "sam_hf":
+        from transformers import SamImageProcessor, SamModel
+
+        return TransformersSamProposer(
+            SamModel.from_pretrained(config.sam_checkpoint),
+            SamImageProcessor.from_pretrained(config.sam_checkpoint),
+            keep=keep,
+        )
+    if config.proposer == "grounding":
+        return GroundingProposer(model, ProposalFilter(0.0, 1.0, config.nms_iou, config.max_regions))
+    if config.proposer == "components":
+        return ForegroundComponentsProposer(keep=keep)
+    return None
+
+
+class RolloutRunner:
+    """Produce the rollout dataset of one model on a prompt list, resumably and across processes.
+
+    Call `run()`; it returns the merged dataset (on every process) once all shards exist.
+    """
+
+    def __init__(
+        self,
+        model: UnifiedModel,
+        config: RolloutConfig,
+        proposer: RegionProposer | None = None,
+        judge: SelfJudge | None = None,
+    ):
+        self.model = model
+        self.config = config
+        self.proposer = proposer if proposer is not None else build_proposer(config, model)
+        self.judge = judge or SelfJudge(
+            model,
+            mode=config.judge_mode,
+            style=config.judge_style,
+            think=config.judge_think,
+            max_new_tokens=config.judge_max_new_tokens,
+            retries=config.judge_retries,
+            retry_temperature=config.judge_retry_temperature,
+        )
+        self.writer = RolloutWriter(config.rollout_dir)
+
+    # ------------------------------------------------------------------ one image
+    def _judge_row(self, record: PromptRecord, candidate: int, seed: int, generated: GeneratedImage) -> dict[str, Any]:
+        row = self._empty_row(record, candidate, seed)
+        row.update(
+            image=generated.image,
+            latents=generated.latents.float().numpy(),
+            latent_grid=list(generated.grid),
+            reasoning=generated.reasoning,
+        )
+        notes = []
+        try:
+            proposals = propose_regions(self.proposer, generated.image, record.prompt)
+        except Exception as error:  # a broken proposer must not stop the run: judge globally only
+            notes.append(f"proposer failed: {error}")
+            proposals = []
+        if self.proposer is not None and not proposals:
+            notes.append("no region proposals")
+
+        relevance: list[float | None] = [None] * len(proposals)
+        if proposals and self.config.relevance_threshold > 0:
+            relevance = self.judge.relevance(generated.image, record.prompt, [p.bbox for p in proposals])
+            kept = [i for i, r in enumerate(relevance) if r >= self.config.relevance_threshold]
+            if len(kept) < len(proposals):
+                notes.append(f"{len(proposals) - len(kept)} of {len(proposals)} proposals judged irrelevant")
+            proposals, relevance = [proposals[i] for i in kept], [relevance[i] for i in kept]
+
+        # Retries sample from a generator of their own, so a row stays reproducible from its seed.
+        judge_generator = torch.Generator().manual_seed(candidate_seed(seed, "judge", 0))
+        judgement = self.judge.judge(generated.image, record.prompt, [p.bbox for p in proposals], judge_generator)
+        if judgement.clamped_scores:
+            notes.append(f"clamped {judgement.clamped_scores} out-of-range scores")
+        missing = sum(score is None for score in judgement.region_scores)
+        if missing:
+            notes.append(f"judge gave no score for {missing} of {len(proposals)} regions")
+        row.update(
+            global_score=judgement.global_score,
+            regions=[
+                {"bbox": list(p.bbox), "label": p.label, "score": score, "relevance": rel, "source": p.source}
+                for p, score, rel in zip(proposals, judgement.region_scores, relevance, strict=True)
+            ],
+            global_judge_output=judgement.global_output,
+            region_judge_output=judgement.region_output,
+        )
+        judged = judgement.global_score is not None or any(s is not None for s in judgement.region_scores)
+        if not judged:
+            row["status"] = "judge_failed"
+            notes.append("the judge's answers could not be parsed")
+        row["error"] = "; ".join(notes)
+        return row
+
+    def _empty_row(self, record: PromptRecord, candidate: int, seed: int) -> dict[str, Any]:
+        return {
+            "row_id": make_row_id(record.prompt_id, candidate),
+            "prompt_id": record.prompt_id,
+            "prompt": record.prompt,
+            "category": record.category,
+            "candidate_index": candidate,
+            "seed": seed,
+            "image": None,
+            "latents": None,
+            "latent_grid": None,
+            "reasoning": None,
+            "global_score": None,
+            "regions": [],
+            "global_judge_output": "",
+            "region_judge_output": "",
+            "status": STATUS_OK,
+            "error": "",
+        }
+
+    # ------------------------------------------------------------------ one batch
+    def _generate(self, prompts: list[str], seeds: list[int]) -> list[GeneratedImage | Exception]:
+        def draw(batch_prompts: list[str], batch_seeds: list[int]) -> list[GeneratedImage]:
+            return self.model.generate_images(
+                batch_prompts,
+                generators=[torch.Generator().manual_seed(s) for s in batch_seeds],
+                image_size=self.config.image_size,
+                think=self.config.think,
+                **(self.config.generation_kwargs or {}),
+            )
+
+        try:
+            return list(draw(prompts, seeds))
+        except Exception:
+            # Find the culprit(s): redraw one by one so that one bad prompt does not sink its batch.
+            results: list[GeneratedImage | Exception] = []
+            for prompt, seed in zip(prompts, seeds, strict=True):
+                try:
+                    results.append(draw([prompt], [seed])[0])
+                except Exception as error:
+                    results.append(error)
+            return results
+
+    def _rollout_batch(self, items: Sequence[tuple[PromptRecord, int]]) -> list[dict[str, Any]]:
+        seeds = [candidate_seed(self.config.rollout_seed, record.prompt_id, k) for record, k in items]
+        rows: list[dict[str, Any] | None] = [None] * len(items)
+        valid = []
+        for index, ((record, k), seed) in enumerate(zip(items, seeds, strict=True)):
+            if record.prompt.strip():
+                valid.append(index)
+            else:
+                rows[index] = {**self._empty_row(record, k, seed), "status": "invalid_prompt", "error": "empty prompt"}
+        results = self._generate([items[i][0].prompt for i in valid], [seeds[i] for i in valid])
+        for index, result in zip(valid, results, strict=True):
+            record, k = items[index]
+            if isinstance(result, Exception):
+                rows[index] = {
+                    **self._empty_row(record, k, seeds[index]),
+                    "status": "generation_failed",
+                    "error": f"generation failed: {result}",
+                }
+                continue
+            try:
+                rows[index] = self._judge_row(record, k, seeds[index], result)
+            except Exception as error:  # recorded per row; the run goes on
+                logger.warning(f"judging {record.prompt_id!r} failed: {error}")
+                rows[index] = {
+                    **self._empty_row(record, k, seeds[index]),
+                    "image": result.image,
+                    "latents": result.latents.float().numpy(),
+                    "latent_grid": list(result.grid),
+                    "status": "judge_failed",
+                    "error": f"judge failed: {error}",
+                }
+        return rows
+
+    # ------------------------------------------------------------------ the run
+    def run(self, prompts: Sequence[PromptRecord]) -> Dataset:
+        config = self.config
+        items = [(record, k) for record in prompts for k in range(config.num_candidates)]
+        batches = [items[i : i + config.rollout_batch_size] for i in range(0, len(items), config.rollout_batch_size)]
+        state = PartialState()
+        done = self.writer.completed_batches()
+        # Batches are dealt round-robin: their composition, hence every row, is the same for any process count.
+        mine = [b for b in range(len(batches)) if b % state.num_processes == state.process_index and b not in done]
+        if done and state.is_main_process:
+            logger.info(f"resuming stage 1 in {config.rollout_dir}: {len(done)} of {len(batches)} batches done")
+
+        images_done, started = 0, time.perf_counter()
+        with tqdm(total=sum(len(batches[b]) for b in mine), unit="img", desc="stage 1 rollouts") as progress:
+            for batch_index in mine:
+                self.writer.write_batch(batch_index, self._rollout_batch(batches[batch_index]))
+                images_done += len(batches[batch_index])
+                progress.update(len(batches[batch_index]))
+                progress.set_postfix(images_per_s=f"{images_done / (time.perf_counter() - started):.2f}")
+
+        state.wait_for_everyone()
+        if state.is_main_process:
+            dataset = self.writer.merge(len(batches))
+            write_gallery(dataset, config.rollout_dir, config.gallery_size)
+            summary = summarize_rollouts(dataset, config.rollout_dir)
+            logger.info(summary)
+        state.wait_for_everyone()
+        return load_from_disk(str(self.writer.dataset_dir))
+
+
+def run_rollouts(model: UnifiedModel, prompts: Sequence[PromptRecord], config: RolloutConfig) -> Dataset:
+    """Stage 1 with the components `config` names; see `RolloutRunner`."""
+    return RolloutRunner(model, config).run(prompts)
