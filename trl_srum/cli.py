@@ -7,32 +7,62 @@
 """
 
 import argparse
+import logging
 import sys
 
 from trl import ModelConfig, TrlParser, get_quantization_config
 
 
+def _log_progress() -> None:
+    # The runner reports which batches each process takes and the summary through `logging`.
+    package_logger = logging.getLogger("trl_srum")
+    if not package_logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+        package_logger.addHandler(handler)
+        package_logger.setLevel(logging.INFO)
+
+
 def _rollout(argv: list[str]) -> None:
     from .models import load_unified_model
     from .rollout import RolloutConfig, resolve_prompts, run_rollouts
+    from .rollout.runner import rollout_state
 
     parser = TrlParser((RolloutConfig, ModelConfig), prog="trl-srum rollout")
-    rollout_config, model_args, _ = parser.parse_args_and_config(argv, fail_with_unknown_args=False)
+    # Keys of the YAML that belong to training are ignored; unknown command-line options are typos.
+    rollout_config, model_args, _, unknown = parser.parse_args_and_config(
+        argv, return_remaining_strings=True, separate_remaining_strings=True
+    )
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    _log_progress()
     if not model_args.model_name_or_path:
-        parser.error("--model_name_or_path (or model_name_or_path in the YAML) is required")
+        # As in recipes/srum_bagel.py: no model named means the shapes-world BAGEL that ships with the package.
+        from .shapes.pretrained import DEFAULT_MODEL_DIR
+
+        model_args.model_name_or_path = str(DEFAULT_MODEL_DIR)
+        logging.getLogger("trl_srum").info(f"no model named: using the shipped shapes-world model {DEFAULT_MODEL_DIR}")
+    # A bad prompt file fails here, before the model is loaded.
     prompts = resolve_prompts(
         rollout_config.prompts_file,
         rollout_config.shapes_prompts,
         rollout_config.rollout_seed,
         rollout_config.num_prompts,
     )
+    state = rollout_state()
+    quantization_config = get_quantization_config(model_args)
     model = load_unified_model(
         model_args.model_name_or_path,
         dtype=model_args.dtype,
-        quantization_config=get_quantization_config(model_args),
-    ).eval()
-    dataset = run_rollouts(model, prompts, rollout_config)
-    print(f"wrote {len(dataset)} rollout rows to {rollout_config.rollout_dir}/dataset")
+        quantization_config=quantization_config,
+        # each process draws on its own device; quantized weights are placed while they load
+        **({"device_map": {"": state.device}} if quantization_config is not None else {}),
+    )
+    if quantization_config is None:
+        model = model.to(state.device)
+    dataset = run_rollouts(model.eval(), prompts, rollout_config)
+    if state.is_main_process:
+        print(f"wrote {len(dataset)} rollout rows to {rollout_config.rollout_dir}/dataset")
 
 
 def _convert_official(argv: list[str]) -> None:

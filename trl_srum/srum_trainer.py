@@ -279,7 +279,19 @@ class SRUMTrainer(_BaseTrainer):
             weight = args.reference_weight
             v_ref = self._reference_velocity(unwrapped, flow_inputs)
 
-        token_rewards = torch.cat(inputs["token_rewards"]).to(device)
+        token_rewards = torch.cat(inputs["token_rewards"])
+        # Reward statistics come from the collator's CPU tensor (no device syncs): a count, sums and extremes, which
+        # reduce exactly across processes, so the logged values do not depend on how the batch is sharded.
+        rewards64 = token_rewards.double()
+        reward_stats = {
+            "reward/count": (rewards64.numel(), "sum"),
+            "reward/sum": (rewards64.sum().item(), "sum"),
+            "reward/sum_sq": (rewards64.square().sum().item(), "sum"),
+            "reward/min": (rewards64.min().item(), "min"),
+            "reward/max": (rewards64.max().item(), "max"),
+            **{f"reward_map/{k}": (float(v), "sum") for k, v in inputs["reward_stats"].items()},
+        }
+        token_rewards = token_rewards.to(device)
         loss, metrics = srum_loss(
             velocity,
             torch.cat(noises),
@@ -295,24 +307,36 @@ class SRUMTrainer(_BaseTrainer):
             raise FloatingPointError(f"non-finite SRUM loss {metrics} on rollout rows {inputs['row_ids']}")
 
         global_scores = [g for g in inputs["global_scores"] if g is not None]
-        metrics.update(
+        stats = {key: (value, "mean") for key, value in metrics.items()}
+        stats.update(
             {
-                "reward/mean": token_rewards.mean().item(),
-                "reward/std": token_rewards.std().item() if token_rewards.numel() > 1 else 0.0,
-                "reward/min": token_rewards.min().item(),
-                "reward/max": token_rewards.max().item(),
-                "global_score/mean": sum(global_scores) / len(global_scores) if global_scores else 0.0,
-                "timestep/mean": timesteps.mean().item(),
-                "text_dropped": sum(p is None for p in prompts) / len(prompts),
-                **{f"reward_map/{k}": float(v) for k, v in inputs["reward_stats"].items()},
+                "global_score/sum": (float(sum(global_scores)), "sum"),
+                "global_score/count": (len(global_scores), "sum"),
+                "timestep/mean": (timesteps.mean().item(), "mean"),
+                "text_dropped": (sum(p is None for p in prompts) / len(prompts), "mean"),
+                **reward_stats,
             }
         )
-        # One collective for all metrics: every process logs the same keys in the same order.
-        keys = sorted(metrics)
-        values = self.accelerator.gather(torch.tensor([metrics[k] for k in keys], device=device)[None])
-        for key, value in zip(keys, values.float().mean(dim=0).tolist(), strict=True):
+        for key, value in self._gather_stats(stats).items():
             self._metrics[mode][key].append(value)
         return (loss, velocity) if return_outputs else loss
+
+    def _gather_stats(self, stats: dict[str, tuple[float, str]]) -> dict[str, float]:
+        """Reduce `{key: (local value, "mean" | "sum" | "min" | "max")}` over the processes in one collective (every
+        process has the same keys), then turn the reward and global-score sums into means and a standard deviation."""
+        keys = sorted(stats)
+        local = torch.tensor([float(stats[k][0]) for k in keys], dtype=torch.float32, device=self.accelerator.device)
+        per_process = zip(*self.accelerator.gather(local[None]).cpu().tolist(), strict=True)  # one column per key
+        reduce = {"mean": lambda v: sum(v) / len(v), "sum": sum, "min": min, "max": max}
+        values = {k: float(reduce[stats[k][1]](column)) for k, column in zip(keys, per_process, strict=True)}
+
+        count, total, total_sq = values.pop("reward/count"), values.pop("reward/sum"), values.pop("reward/sum_sq")
+        values["reward/mean"] = total / count
+        variance = (total_sq - total * total / count) / (count - 1) if count > 1 else 0.0
+        values["reward/std"] = max(variance, 0.0) ** 0.5
+        score_count, score_sum = values.pop("global_score/count"), values.pop("global_score/sum")
+        values["global_score/mean"] = score_sum / score_count if score_count else 0.0
+        return values
 
     def prediction_step(
         self,

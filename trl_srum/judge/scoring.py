@@ -10,6 +10,7 @@ Two modes:
   all its questions.
 """
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -89,9 +90,10 @@ class SelfJudge:
         if not boxes:
             return []
         questions = [region_relevance_question(prompt, box, image.size, style=self.style) for box in boxes]
-        log_probs = self.model.score_answers(image, questions, self.scale_answers)
-        # expected_score maps P(yes) to 2 P(yes) - 1 on the yes/no scale.
-        return ((expected_score(log_probs, PROBABILITY_SCALE) + 1.0) / 2.0).tolist()
+        log_probs = self.model.score_answers(image, questions, self.scale_answers).float().cpu()
+        # expected_score maps P(yes) to 2 P(yes) - 1 on the yes/no scale; an unanswerable question counts as irrelevant.
+        relevance = (expected_score(log_probs, PROBABILITY_SCALE) + 1.0) / 2.0
+        return torch.nan_to_num(relevance, nan=0.0).tolist()
 
     # ------------------------------------------------------------------ judging
     def judge(
@@ -105,8 +107,10 @@ class SelfJudge:
     def _judge_by_probability(self, image: Image.Image, prompt: str, boxes: Sequence[Box]) -> Judgement:
         questions = [global_probability_question(prompt, image.size, style=self.style)]
         questions += [region_probability_question(prompt, box, image.size, style=self.style) for box in boxes]
-        scores = expected_score(self.model.score_answers(image, questions, self.scale_answers), PROBABILITY_SCALE)
-        values = [float(s) for s in scores]
+        log_probs = self.model.score_answers(image, questions, self.scale_answers).float().cpu()
+        scores = expected_score(log_probs, PROBABILITY_SCALE)
+        # Answer log-probabilities that are NaN or all -inf give a NaN score: missing, never a made-up one.
+        values = [value if math.isfinite(value) else None for value in scores.tolist()]
         return Judgement(global_score=values[0], region_scores=values[1:])
 
     def _ask(self, image: Image.Image, question: str, attempt: int, generator: torch.Generator | None) -> str:
@@ -130,9 +134,11 @@ class SelfJudge:
         question = global_judge_prompt(prompt, image.size, style=self.style)
         global_parse: ScoreParse | None = None
         for attempt in range(1 + self.retries):
-            judgement.global_output = self._ask(image, question, attempt, generator)
+            output = self._ask(image, question, attempt, generator)
             judgement.attempts += 1
-            global_parse = parse_global_score_detailed(judgement.global_output)
+            # Every attempt is kept, as for the regions, so a failed row shows what the judge wrote each time.
+            judgement.global_output = output if attempt == 0 else f"{judgement.global_output}\n---\n{output}"
+            global_parse = parse_global_score_detailed(output)
             if global_parse is not None:
                 break
         region_parses: list[ScoreParse | None] = [None] * len(boxes)

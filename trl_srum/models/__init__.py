@@ -34,6 +34,8 @@ def load_unified_model(name_or_path: str | os.PathLike, **kwargs: Any) -> PreTra
         ValueError: naming the folder when it holds no model this package can load.
     """
     path = Path(name_or_path)
+    if not path.is_dir() and (path.exists() or path.is_absolute() or str(name_or_path).startswith(".")):
+        raise FileNotFoundError(f"no model folder at {name_or_path}")
     if not path.is_dir():
         from huggingface_hub import hf_hub_download
 

@@ -3,6 +3,7 @@
 import json
 import re
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +109,14 @@ def summarize_rollouts(dataset: Dataset, rollout_dir: str | Path) -> str:
         for low, high, count in zip(HISTOGRAM_EDGES[:-1], HISTOGRAM_EDGES[1:], counts, strict=True):
             lines.append(f"    [{low:+.2f}, {high:+.2f}) {'#' * round(30 * count / peak):<30} {count}")
     return "\n".join(lines)
+
+
+def image_grid(rows: Sequence[Sequence[Image.Image]], pad: int = 2) -> Image.Image:
+    """Paste rows of equally sized images into one picture (e.g. before over after, same seeds)."""
+    width, height = rows[0][0].size
+    columns = max(len(row) for row in rows)
+    grid = Image.new("RGB", (columns * (width + pad) + pad, len(rows) * (height + pad) + pad), "white")
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            grid.paste(image, (pad + c * (width + pad), pad + r * (height + pad)))
+    return grid

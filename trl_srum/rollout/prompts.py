@@ -28,7 +28,8 @@ def _record(item: object, index: int, where: Path) -> PromptRecord:
 def load_prompts(path: str | Path) -> list[PromptRecord]:
     """Read prompts from a `.json` list, a `.jsonl` file or a `.txt` file (one prompt per line).
 
-    Empty prompts are kept (stage 1 records them as invalid rows); duplicate prompt ids are an error.
+    Empty prompts are kept (stage 1 records them as invalid rows); a file without prompts and duplicate prompt ids
+    are errors.
 
     Raises:
         FileNotFoundError / ValueError: naming the file and, where it applies, the entry.
@@ -46,7 +47,13 @@ def load_prompts(path: str | Path) -> list[PromptRecord]:
             if not isinstance(items, list):
                 raise ValueError(f"{path}: expected a JSON list of prompts")
         elif path.suffix == ".jsonl":
-            items = [json.loads(line) for line in text.splitlines() if line.strip()]
+            items = []
+            for line_number, line in enumerate(text.splitlines(), start=1):
+                if line.strip():
+                    try:
+                        items.append(json.loads(line))
+                    except json.JSONDecodeError as error:
+                        raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg})") from error
         elif path.suffix == ".txt":
             items = text.splitlines()
         else:
@@ -55,6 +62,8 @@ def load_prompts(path: str | Path) -> list[PromptRecord]:
         raise ValueError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from error
 
     records = [_record(item, index, path) for index, item in enumerate(items)]
+    if not records:
+        raise ValueError(f"{path}: the file holds no prompts")
     seen: set[str] = set()
     for record in records:
         if record.prompt_id in seen:

@@ -1,9 +1,13 @@
 """Stage 1 end to end: prompts -> candidates -> region proposals -> relevance filter -> self-judge -> dataset."""
 
+import contextlib
+import dataclasses
 import hashlib
+import json
 import logging
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -32,14 +36,35 @@ from .writer import RolloutWriter
 logger = logging.getLogger(__name__)
 
 
+def rollout_state() -> PartialState:
+    """The process group of stage 1.
+
+    Without a CUDA/XPU/... device, `PartialState()` ignores the environment `accelerate launch --multi_gpu` sets up and
+    reports a single process, so every process would redo every batch and race on the shards: on such a machine each
+    process joins a CPU (gloo) group instead. An already initialised state (e.g. from a trainer) is kept.
+    """
+    return PartialState(cpu=not torch.accelerator.is_available())
+
+
+def _to_numpy(tensor: torch.Tensor):
+    return tensor.detach().float().cpu().numpy()
+
+
+# Fields that do not change any row (the prompts themselves are compared by content): a run may be resumed with
+# different values.
+_RESUMABLE_FIELDS = ("rollout_dir", "gallery_size", "prompts_file", "num_prompts", "shapes_prompts")
+
+
 def candidate_seed(base_seed: int, prompt_id: str, candidate_index: int) -> int:
     """The seed of one candidate, from (base seed, prompt id, candidate index) only: no process or order enters it."""
     digest = hashlib.sha256(f"{base_seed}:{prompt_id}:{candidate_index}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def build_proposer(config: RolloutConfig, model: UnifiedModel) -> RegionProposer | None:
-    """The region proposer a rollout config asks for."""
+def build_proposer(
+    config: RolloutConfig, model: UnifiedModel, device: str | torch.device = "cpu"
+) -> RegionProposer | None:
+    """The region proposer a rollout config asks for; SAM models are put on `device`."""
     keep = ProposalFilter(
         min_area_fraction=config.min_region_area,
         max_area_fraction=config.max_region_area,
@@ -47,12 +72,14 @@ def build_proposer(config: RolloutConfig, model: UnifiedModel) -> RegionProposer
         max_regions=config.max_regions,
     )
     if config.proposer == "sam":
-        return SegmentAnythingProposer.from_checkpoint(config.sam_checkpoint, config.sam_model_type, keep=keep)
+        return SegmentAnythingProposer.from_checkpoint(
+            config.sam_checkpoint, config.sam_model_type, device=device, keep=keep
+        )
     if config.proposer == "sam_hf":
         from transformers import SamImageProcessor, SamModel
 
         return TransformersSamProposer(
-            SamModel.from_pretrained(config.sam_checkpoint),
+            SamModel.from_pretrained(config.sam_checkpoint).to(device).eval(),
             SamImageProcessor.from_pretrained(config.sam_checkpoint),
             keep=keep,
         )
@@ -78,7 +105,8 @@ class RolloutRunner:
     ):
         self.model = model
         self.config = config
-        self.proposer = proposer if proposer is not None else build_proposer(config, model)
+        self.state = rollout_state()
+        self.proposer = proposer if proposer is not None else build_proposer(config, model, self.state.device)
         self.judge = judge or SelfJudge(
             model,
             mode=config.judge_mode,
@@ -89,28 +117,42 @@ class RolloutRunner:
             retry_temperature=config.judge_retry_temperature,
         )
         self.writer = RolloutWriter(config.rollout_dir)
+        # Wall time of each phase of this process's share (what recipes/benchmarks/bench_end_to_end.py reports).
+        self.seconds: Counter[str] = Counter()
+
+    @contextlib.contextmanager
+    def _timed(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - started
 
     # ------------------------------------------------------------------ one image
     def _judge_row(self, record: PromptRecord, candidate: int, seed: int, generated: GeneratedImage) -> dict[str, Any]:
         row = self._empty_row(record, candidate, seed)
         row.update(
             image=generated.image,
-            latents=generated.latents.float().numpy(),
+            latents=_to_numpy(generated.latents),
             latent_grid=list(generated.grid),
             reasoning=generated.reasoning,
         )
         notes = []
         try:
-            proposals = propose_regions(self.proposer, generated.image, record.prompt)
+            with self._timed("proposals"):
+                proposals = propose_regions(self.proposer, generated.image, record.prompt)
         except Exception as error:  # a broken proposer must not stop the run: judge globally only
+            logger.warning(f"region proposals for {record.prompt_id!r} failed: {error}")
             notes.append(f"proposer failed: {error}")
             proposals = []
-        if self.proposer is not None and not proposals:
-            notes.append("no region proposals")
+        else:
+            if self.proposer is not None and not proposals:
+                notes.append("no region proposals")
 
         relevance: list[float | None] = [None] * len(proposals)
         if proposals and self.config.relevance_threshold > 0:
-            relevance = self.judge.relevance(generated.image, record.prompt, [p.bbox for p in proposals])
+            with self._timed("relevance"):
+                relevance = self.judge.relevance(generated.image, record.prompt, [p.bbox for p in proposals])
             kept = [i for i, r in enumerate(relevance) if r >= self.config.relevance_threshold]
             if len(kept) < len(proposals):
                 notes.append(f"{len(proposals) - len(kept)} of {len(proposals)} proposals judged irrelevant")
@@ -118,7 +160,8 @@ class RolloutRunner:
 
         # Retries sample from a generator of their own, so a row stays reproducible from its seed.
         judge_generator = torch.Generator().manual_seed(candidate_seed(seed, "judge", 0))
-        judgement = self.judge.judge(generated.image, record.prompt, [p.bbox for p in proposals], judge_generator)
+        with self._timed("judging"):
+            judgement = self.judge.judge(generated.image, record.prompt, [p.bbox for p in proposals], judge_generator)
         if judgement.clamped_scores:
             notes.append(f"clamped {judgement.clamped_scores} out-of-range scores")
         missing = sum(score is None for score in judgement.region_scores)
@@ -192,10 +235,12 @@ class RolloutRunner:
                 valid.append(index)
             else:
                 rows[index] = {**self._empty_row(record, k, seed), "status": "invalid_prompt", "error": "empty prompt"}
-        results = self._generate([items[i][0].prompt for i in valid], [seeds[i] for i in valid])
+        with self._timed("sampling"):
+            results = self._generate([items[i][0].prompt for i in valid], [seeds[i] for i in valid]) if valid else []
         for index, result in zip(valid, results, strict=True):
             record, k = items[index]
             if isinstance(result, Exception):
+                logger.warning(f"generating {record.prompt_id!r} failed: {result}")
                 rows[index] = {
                     **self._empty_row(record, k, seeds[index]),
                     "status": "generation_failed",
@@ -209,7 +254,7 @@ class RolloutRunner:
                 rows[index] = {
                     **self._empty_row(record, k, seeds[index]),
                     "image": result.image,
-                    "latents": result.latents.float().numpy(),
+                    "latents": _to_numpy(result.latents),
                     "latent_grid": list(result.grid),
                     "status": "judge_failed",
                     "error": f"judge failed: {error}",
@@ -217,21 +262,60 @@ class RolloutRunner:
         return rows
 
     # ------------------------------------------------------------------ the run
+    def manifest(self, prompts: Sequence[PromptRecord]) -> dict[str, Any]:
+        """Everything the rows depend on besides the model: a resumed run must match it."""
+        settings = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in _RESUMABLE_FIELDS}
+        digest = hashlib.sha256()
+        for record in prompts:
+            digest.update(json.dumps([record.prompt_id, record.prompt, record.category]).encode())
+        return {
+            "config": settings,
+            "num_prompts": len(prompts),
+            "prompts_sha256": digest.hexdigest(),
+            "model": type(self.model).__name__,
+            "proposer": type(self.proposer).__name__ if self.proposer is not None else None,
+        }
+
     def run(self, prompts: Sequence[PromptRecord]) -> Dataset:
-        config = self.config
+        # Inference only (the protocol's generation and judge calls expect no autograd), in eval mode: a model fresh
+        # from a training round would otherwise draw and judge with dropout on.
+        training = getattr(self.model, "training", False)
+        if training:
+            self.model.eval()
+        try:
+            with torch.no_grad():
+                return self._run(prompts)
+        finally:
+            if training:
+                self.model.train()
+
+    def _run(self, prompts: Sequence[PromptRecord]) -> Dataset:
+        config, state = self.config, self.state
+        # A size the model cannot draw is a configuration error, not a per-row failure.
+        self.model.latent_grid(config.image_size)
         items = [(record, k) for record in prompts for k in range(config.num_candidates)]
         batches = [items[i : i + config.rollout_batch_size] for i in range(0, len(items), config.rollout_batch_size)]
-        state = PartialState()
+        self.writer.check_manifest(self.manifest(prompts), write=state.is_main_process)
+        state.wait_for_everyone()
         done = self.writer.completed_batches()
         # Batches are dealt round-robin: their composition, hence every row, is the same for any process count.
         mine = [b for b in range(len(batches)) if b % state.num_processes == state.process_index and b not in done]
-        if done and state.is_main_process:
-            logger.info(f"resuming stage 1 in {config.rollout_dir}: {len(done)} of {len(batches)} batches done")
+        logger.info(
+            f"stage 1: process {state.process_index} of {state.num_processes} takes {len(mine)} of {len(batches)} "
+            f"batches ({len(done)} already done) in {config.rollout_dir}"
+        )
 
         images_done, started = 0, time.perf_counter()
-        with tqdm(total=sum(len(batches[b]) for b in mine), unit="img", desc="stage 1 rollouts") as progress:
+        with tqdm(
+            total=sum(len(batches[b]) for b in mine),
+            unit="img",
+            desc=f"stage 1 rollouts [{state.process_index}/{state.num_processes}]",
+            disable=not mine,
+        ) as progress:
             for batch_index in mine:
-                self.writer.write_batch(batch_index, self._rollout_batch(batches[batch_index]))
+                rows = self._rollout_batch(batches[batch_index])
+                with self._timed("writing"):
+                    self.writer.write_batch(batch_index, rows)
                 images_done += len(batches[batch_index])
                 progress.update(len(batches[batch_index]))
                 progress.set_postfix(images_per_s=f"{images_done / (time.perf_counter() - started):.2f}")

@@ -6,6 +6,7 @@ disk is always complete. A restarted run skips the batches whose shards exist an
 row depends only on its own seed and its batch, the merged dataset equals the one an uninterrupted run writes.
 """
 
+import json
 import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -18,6 +19,7 @@ from .schema import ROLLOUT_FEATURES
 
 SHARDS_DIRNAME = "shards"
 DATASET_DIRNAME = "dataset"
+MANIFEST_NAME = "rollout_manifest.json"
 
 
 class RolloutWriter:
@@ -27,6 +29,43 @@ class RolloutWriter:
         self.output_dir = Path(output_dir)
         self.shard_dir = self.output_dir / SHARDS_DIRNAME
         self.dataset_dir = self.output_dir / DATASET_DIRNAME
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.output_dir / MANIFEST_NAME
+
+    def check_manifest(self, manifest: Mapping[str, Any], write: bool = True) -> None:
+        """Check that a resumed run has the settings the existing shards were written with; record them if new.
+
+        Every process checks (so all of them fail together), only the one given `write=True` records.
+
+        Shards written under other settings (prompts, seeds, batch size, judge, ...) must never be mixed with new ones:
+        the merged dataset would silently differ from the one a single run writes.
+
+        Raises:
+            ValueError: naming the settings that differ from those the existing shards were written with.
+        """
+        manifest = json.loads(json.dumps(manifest))  # tuples -> lists, as they come back from the file
+        if self.manifest_path.is_file():
+            previous = json.loads(self.manifest_path.read_text())
+            if previous != manifest:
+                differ = _differences(previous, manifest)
+                raise ValueError(
+                    f"{self.output_dir} holds rollouts written with other settings ({'; '.join(differ)}); "
+                    "resume with the same settings or choose another rollout_dir"
+                )
+            return
+        if self.completed_batches():
+            raise ValueError(
+                f"{self.shard_dir} holds shards but no {MANIFEST_NAME}: cannot tell which settings wrote them; "
+                "choose another rollout_dir"
+            )
+        if not write:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        temporary = self.output_dir / f".tmp-{MANIFEST_NAME}"
+        temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        temporary.replace(self.manifest_path)
 
     def _shard_path(self, batch_index: int) -> Path:
         return self.shard_dir / f"batch-{batch_index:07d}"
@@ -66,3 +105,14 @@ class RolloutWriter:
             shutil.rmtree(self.dataset_dir)
         temporary.rename(self.dataset_dir)
         return load_from_disk(str(self.dataset_dir))
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    differ = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            differ += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            differ.append(f"{prefix}{key}: {a!r} then, {b!r} now")
+    return differ

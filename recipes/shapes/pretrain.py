@@ -1,0 +1,348 @@
+"""Pretrain the tiny shapes-world BAGEL that trl-srum ships: a VAE, then understanding and generation together.
+
+    python recipes/shapes/pretrain.py                               # writes trl_srum/assets/shapes_bagel
+    python recipes/shapes/pretrain.py --output_dir /tmp/shapes_bagel --steps 500 --vae_steps 300   # a quick try
+
+The model is the real BAGEL architecture (`trl_srum.models.bagel.BagelModel`, same classes as the 7B) at a tiny
+size: a 4-layer Mixture-of-Transformers LLM, a 2-layer SigLIP ViT, a diffusers `AutoencoderKL`, and a word-level
+tokenizer built with `tokenizers`. It learns
+
+- understanding: the concise self-judge questions of `trl_srum.shapes.tasks` (layout match, layout score, region
+  match / relevance / score, grounding) on renders, degraded renders, VAE reconstructions and, later in training,
+  its own generated images — labelled by the oracle, as human labels teach a real VLM;
+- generation: flow matching on VAE latents of renders with their prompts (10% text dropout for CFG),
+
+with generation deliberately trained less than understanding, so that the model judges compositions better than it
+draws them — the gap SRUM exists for. Only the training split of prompts is used; held-out combinations are never
+seen. The script ends by measuring that gap on held-out prompts and writes it to `<output_dir>/pretrain_report.json`.
+"""
+
+import argparse
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from tqdm.auto import tqdm
+
+from trl_srum.flow import add_noise, sample_timesteps
+from trl_srum.judge.prompts import concise_vocabulary
+from trl_srum.models.bagel import BagelConfig, BagelModel
+from trl_srum.models.bagel.conversion import special_token_ids_from_tokenizer
+from trl_srum.models.bagel.image_processing import patchify, pil_to_tensor
+from trl_srum.models.bagel.tiny import build_word_level_tokenizer
+from trl_srum.shapes import CATEGORIES, alter, describe, detect, perturb, render, sample_specs, vocabulary
+from trl_srum.shapes.evaluation import evaluation_specs, generation_accuracy, understanding_accuracy
+from trl_srum.shapes.pretrained import DEFAULT_MODEL_DIR, SHAPES_IMAGE_SIZE, SHAPES_SAMPLING
+from trl_srum.shapes.tasks import scene_questions
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", default=str(DEFAULT_MODEL_DIR))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vae_steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=4000, help="joint understanding + generation steps")
+    parser.add_argument("--understanding_batch", type=int, default=16, help="scenes per understanding step")
+    parser.add_argument("--questions_per_scene", type=int, default=3, help="of the six kinds, asked per scene")
+    parser.add_argument("--generation_batch", type=int, default=16, help="images per generation step")
+    parser.add_argument("--generation_every", type=int, default=2, help="a generation step every N steps")
+    parser.add_argument("--latent_bank", type=int, default=6000, help="renders encoded once for generation")
+    parser.add_argument("--own_images_from", type=float, default=0.4, help="fraction of steps before own samples")
+    parser.add_argument("--eval_per_category", type=int, default=12)
+    parser.add_argument("--threads", type=int, default=2)
+    return parser.parse_args()
+
+
+# ----------------------------------------------------------------------------------------------------- the model
+def shapes_vocabulary() -> list[str]:
+    return sorted(set(vocabulary()) | set(concise_vocabulary()))
+
+
+def build_model(seed: int) -> BagelModel:
+    tokenizer = build_word_level_tokenizer(shapes_vocabulary())
+    config = BagelConfig(
+        llm_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 128,
+            "intermediate_size": 320,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 1024,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+        },
+        vit_config={
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": SHAPES_IMAGE_SIZE,
+            "patch_size": 8,
+            "vision_use_head": False,
+        },
+        vae_config={
+            "down_block_types": ["DownEncoderBlock2D"] * 3,
+            "up_block_types": ["UpDecoderBlock2D"] * 3,
+            "block_out_channels": [16, 32, 64],
+            "layers_per_block": 1,
+            # Flat-coloured 64x64 scenes need no mid-block attention, and on a CPU it costs most of the VAE's time.
+            "mid_block_add_attention": False,
+            "latent_channels": 4,
+            "norm_num_groups": 16,
+            "scaling_factor": 1.0,
+            "shift_factor": 0.0,
+            "use_quant_conv": False,
+            "use_post_quant_conv": False,
+        },
+        max_latent_size=SHAPES_IMAGE_SIZE // 8,
+        vit_max_num_patch_per_side=SHAPES_IMAGE_SIZE // 8,
+        vae_min_image_size=SHAPES_IMAGE_SIZE,
+        vit_min_image_size=SHAPES_IMAGE_SIZE,
+        supports_grounding=True,
+        prompt_style="concise",
+        **special_token_ids_from_tokenizer(tokenizer),
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = BagelModel(config)
+    model.tokenizer = tokenizer
+    return model
+
+
+# ------------------------------------------------------------------------------------------------------ the data
+def random_train_spec(rng: random.Random) -> dict:
+    category = rng.choice(CATEGORIES)
+    return sample_specs(category, 1, rng.randrange(2**31), split="train")[0]
+
+
+def pixels_of(images) -> torch.Tensor:
+    return torch.stack([pil_to_tensor(image) for image in images])
+
+
+@dataclass
+class Scene:
+    image: object  # PIL image
+    spec: dict  # what the image was drawn from
+
+
+class OwnImages:
+    """A rolling buffer of the model's own samples, so that the judge also learns to read generated images."""
+
+    def __init__(self, capacity: int = 512):
+        self.scenes: list[Scene] = []
+        self.capacity = capacity
+
+    def refresh(self, model: BagelModel, rng: random.Random, count: int) -> None:
+        specs = [random_train_spec(rng) for _ in range(count)]
+        model.eval()
+        with torch.no_grad():
+            generated = model.generate_images(
+                [describe(spec) for spec in specs],
+                generators=[torch.Generator().manual_seed(rng.randrange(2**31)) for _ in specs],
+                image_size=(SHAPES_IMAGE_SIZE, SHAPES_IMAGE_SIZE),
+                **SHAPES_SAMPLING,
+            )
+        model.train()
+        self.scenes = (self.scenes + [Scene(g.image, s) for g, s in zip(generated, specs)])[-self.capacity :]
+
+
+def understanding_scene(rng: random.Random, model: BagelModel, own: OwnImages, use_own: bool) -> Scene:
+    """An image to ask about: the model's own sample, a degraded render, a VAE reconstruction, or a clean render."""
+    if use_own and own.scenes and rng.random() < 0.5:
+        return rng.choice(own.scenes)
+    spec = random_train_spec(rng)
+    image = render(spec, size=SHAPES_IMAGE_SIZE, seed=rng.randrange(2**31))
+    roll = rng.random()
+    if roll < 0.4:
+        image = perturb(image, seed=rng.randrange(2**31), strength=rng.uniform(0.3, 1.5))
+    elif roll < 0.6:
+        with torch.no_grad():
+            grid = model.latent_grid(image.size)
+            image = model.decode_latents([model.encode_pixels(pil_to_tensor(image))], [grid])[0]
+    return Scene(image, spec)
+
+
+def asked_spec(scene: Scene, rng: random.Random) -> dict:
+    """Ask about the drawn spec half of the time, otherwise about a nearby wrong one (a hard negative)."""
+    if rng.random() < 0.5:
+        return scene.spec
+    kinds = ["color", "shape", "count", "swap_colors", "relation", "missing", "extra"]
+    rng.shuffle(kinds)
+    for kind in kinds:
+        wrong = alter(scene.spec, kind, rng.randrange(2**31))
+        if wrong is not None:
+            return wrong
+    return random_train_spec(rng)
+
+
+# ------------------------------------------------------------------------------------------------------ the losses
+def understanding_loss(
+    model: BagelModel, scenes: list[Scene], rng: random.Random, questions_per_scene: int
+) -> tuple[torch.Tensor, float]:
+    """Next-token loss on the answers, exactly as `answer_questions` reads them: [image] [question] [<im_start> answer]."""
+    cache = model.prefill_images(model.new_cache(len(scenes)), [model.understanding_pixels(s.image) for s in scenes])
+    rows, texts, answer_spans = [], [], []
+    np_rng = np.random.default_rng(rng.randrange(2**31))
+    for row, scene in enumerate(scenes):
+        reading = detect(scene.image)
+        labelled_questions = scene_questions(reading, asked_spec(scene, rng), SHAPES_IMAGE_SIZE, np_rng)
+        for labelled in rng.sample(labelled_questions, min(questions_per_scene, len(labelled_questions))):
+            question = model.wrap_text(model.tokenize([labelled.question])[0])
+            answer = model.tokenize([labelled.answer])[0] + [model.config.im_end_token_id]
+            rows.append(row)
+            texts.append(question + [model.config.im_start_token_id] + answer)
+            answer_spans.append((len(question), answer))
+    logits = model.forward_text(cache, texts, cache_rows=rows, output_logits=True).logits
+    # The logit at <im_start> predicts the answer's first token, and so on to <im_end>.
+    predicted = torch.cat([lg[start : start + len(answer)] for lg, (start, answer) in zip(logits, answer_spans)])
+    targets = torch.tensor([token for _, answer in answer_spans for token in answer])
+    loss = F.cross_entropy(predicted.float(), targets)
+    accuracy = (predicted.argmax(-1) == targets).float().mean().item()
+    return loss, accuracy
+
+
+class LatentBank:
+    """Renders of training prompts, encoded once: generation steps then cost only the transformer."""
+
+    def __init__(self, model: BagelModel, rng: random.Random, size: int, batch: int = 64):
+        self.prompts: list[str] = []
+        self.latents: list[torch.Tensor] = []
+        vae = model.vae
+        for _ in tqdm(range(0, size, batch), desc="encoding renders for generation"):
+            specs = [random_train_spec(rng) for _ in range(batch)]
+            images = [render(spec, size=SHAPES_IMAGE_SIZE, seed=rng.randrange(2**31)) for spec in specs]
+            with torch.no_grad():
+                latent = vae.encode(pixels_of(images)).latent_dist.mean
+                latent = vae.config.scaling_factor * (latent - vae.config.shift_factor)
+            self.latents += [patchify(z, model.config.latent_patch_size) for z in latent]
+            self.prompts += [describe(spec) for spec in specs]
+
+    def sample(self, rng: random.Random, batch: int) -> tuple[list[str], list[torch.Tensor]]:
+        picks = [rng.randrange(len(self.latents)) for _ in range(batch)]
+        return [self.prompts[i] for i in picks], [self.latents[i] for i in picks]
+
+
+def generation_loss(
+    model: BagelModel, bank: LatentBank, rng: random.Random, batch: int, generator: torch.Generator
+) -> torch.Tensor:
+    prompts, latents = bank.sample(rng, batch)
+    grid = model.latent_grid((SHAPES_IMAGE_SIZE, SHAPES_IMAGE_SIZE))
+    t = sample_timesteps(batch, generator=generator)
+    noise = [torch.randn(x.shape, generator=generator) for x in latents]
+    noisy = [add_noise(x, n, ti) for x, n, ti in zip(latents, noise, t)]
+    prompts = [None if rng.random() < 0.1 else prompt for prompt in prompts]
+    velocity = model(**model.prepare_flow_inputs(prompts, noisy, [grid] * batch, t)).velocity
+    return (velocity - (torch.cat(noise) - torch.cat(latents))).pow(2).mean()
+
+
+# ------------------------------------------------------------------------------------------------------ training
+def train_vae(model: BagelModel, steps: int, rng: random.Random) -> dict:
+    """Train the autoencoder alone, then fix its latent scale and shift (BAGEL normalises z = scale * (z - shift))."""
+    vae: AutoencoderKL = model.vae
+    vae.train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    progress = tqdm(range(steps), desc="VAE")
+    for step in progress:
+        specs = [random_train_spec(rng) for _ in range(16)]
+        images = [render(s, size=SHAPES_IMAGE_SIZE, seed=rng.randrange(2**31)) for s in specs]
+        images = [perturb(im, rng.randrange(2**31), 0.5) if rng.random() < 0.3 else im for im in images]
+        pixels = pixels_of(images)
+        posterior = vae.encode(pixels).latent_dist
+        reconstruction = vae.decode(posterior.sample()).sample
+        kl = posterior.kl().mean() / pixels[0].numel()
+        loss = F.l1_loss(reconstruction, pixels) + F.mse_loss(reconstruction, pixels) + 1e-4 * kl
+        for group in optimizer.param_groups:
+            group["lr"] = 1e-3 * 0.5 * (1 + math.cos(math.pi * step / steps))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 50 == 0:
+            progress.set_postfix(loss=f"{loss.item():.4f}")
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        images = [render(random_train_spec(rng), size=SHAPES_IMAGE_SIZE, seed=i) for i in range(256)]
+        latents = vae.encode(pixels_of(images)).latent_dist.mean
+    shift, scale = latents.mean().item(), 1.0 / latents.std().item()
+    vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+    model.config.vae_config.update(shift_factor=shift, scaling_factor=scale)
+    return {"vae_final_loss": loss.item(), "latent_shift": shift, "latent_scale": scale}
+
+
+def train_joint(model: BagelModel, args: argparse.Namespace, rng: random.Random) -> dict:
+    model.train()
+    model.vae.requires_grad_(False)
+    parameters = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("vae.")]
+    optimizer = torch.optim.AdamW(parameters, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.01)
+    generator = torch.Generator().manual_seed(args.seed)
+    bank = LatentBank(model, rng, args.latent_bank)
+    own = OwnImages()
+    own_from = int(args.own_images_from * args.steps)
+    warmup = min(200, args.steps // 10)
+    history = {"understanding_loss": [], "understanding_token_accuracy": [], "generation_loss": []}
+    progress = tqdm(range(args.steps), desc="BAGEL (understanding + generation)")
+    for step in progress:
+        for group in optimizer.param_groups:
+            ramp = min(1.0, (step + 1) / warmup)
+            group["lr"] = 1e-3 * ramp * 0.5 * (1 + math.cos(math.pi * step / args.steps))
+        if step >= own_from and (step - own_from) % 100 == 0:
+            own.refresh(model, rng, 32)
+        scenes = [understanding_scene(rng, model, own, step >= own_from) for _ in range(args.understanding_batch)]
+        loss_u, token_accuracy = understanding_loss(model, scenes, rng, args.questions_per_scene)
+        loss = loss_u
+        history["understanding_loss"].append(loss_u.item())
+        history["understanding_token_accuracy"].append(token_accuracy)
+        if step % args.generation_every == 0:
+            loss_g = generation_loss(model, bank, rng, args.generation_batch, generator)
+            loss = loss + loss_g
+            history["generation_loss"].append(loss_g.item())
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        if step % 20 == 0:
+            progress.set_postfix(
+                und=f"{np.mean(history['understanding_loss'][-20:]):.3f}",
+                tok=f"{np.mean(history['understanding_token_accuracy'][-20:]):.3f}",
+                gen=f"{np.mean(history['generation_loss'][-10:]):.3f}",
+            )
+    return {key: float(np.mean(values[-100:])) for key, values in history.items()}
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    rng = random.Random(args.seed)
+    started = time.perf_counter()
+    model = build_model(args.seed)
+
+    report = {"seed": args.seed, "args": vars(args)}
+    report.update(train_vae(model, args.vae_steps, rng))
+    report["vae_minutes"] = (time.perf_counter() - started) / 60
+    report.update(train_joint(model, args, rng))
+    report["train_minutes"] = (time.perf_counter() - started) / 60
+
+    # The gap SRUM exists for: judging held-out scenes vs drawing held-out prompts.
+    model.eval()
+    specs = evaluation_specs(args.eval_per_category, split="heldout")
+    table, _ = generation_accuracy(model, specs, seeds=[0], image_size=SHAPES_IMAGE_SIZE, **SHAPES_SAMPLING)
+    report["generation_accuracy"] = {k: v["accuracy"] for k, v in table.items()}
+    scenes = [spec for group in specs.values() for spec in group]
+    report["understanding_accuracy"] = understanding_accuracy(model, scenes, image_size=SHAPES_IMAGE_SIZE)
+    report["total_minutes"] = (time.perf_counter() - started) / 60
+
+    output = Path(args.output_dir)
+    model.save_pretrained(output)
+    (output / "pretrain_report.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if k != "args"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
