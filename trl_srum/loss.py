@@ -65,8 +65,6 @@ def srum_loss(
         )
     if token_rewards.shape != v_pred.shape[:1]:
         raise ValueError(f"token_rewards must be ({v_pred.shape[0]},); got {tuple(token_rewards.shape)}")
-    if not torch.isfinite(token_rewards).all():
-        raise ValueError("token_rewards contains NaN or inf")
 
     # Losses are accumulated in float32 even when the model runs in bf16: the reward weights are small numbers.
     v_pred = v_pred.float()
@@ -91,10 +89,11 @@ def srum_loss(
         loss_constraint = (v_pred - v_ref.detach().float()).pow(2).mean()
 
     loss = loss_reward + lambda_constraint * loss_constraint
-    metrics = {
-        "loss": loss.item(),
-        "loss_reward": loss_reward.item(),
-        "loss_constraint": loss_constraint.item(),
-        "repelled_fraction": (rewards < 0).float().mean().item(),
-    }
+    # One device sync for every float the caller gets back, the reward check included.
+    rewards_finite, *values = torch.stack(
+        [torch.isfinite(rewards).all().float(), loss, loss_reward, loss_constraint, (rewards < 0).float().mean()]
+    ).tolist()
+    if not rewards_finite:
+        raise ValueError("token_rewards contains NaN or inf")
+    metrics = dict(zip(("loss", "loss_reward", "loss_constraint", "repelled_fraction"), values, strict=True))
     return loss, metrics

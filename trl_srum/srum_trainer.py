@@ -1,6 +1,7 @@
 import copy
 import hashlib
 import logging
+import math
 import os
 from collections import defaultdict
 from typing import Any
@@ -303,7 +304,7 @@ class SRUMTrainer(_BaseTrainer):
             constraint=args.constraint,
             repulsion_margin=args.repulsion_margin,
         )
-        if not torch.isfinite(loss):
+        if not math.isfinite(metrics["loss"]):
             raise FloatingPointError(f"non-finite SRUM loss {metrics} on rollout rows {inputs['row_ids']}")
 
         global_scores = [g for g in inputs["global_scores"] if g is not None]

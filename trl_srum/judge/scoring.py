@@ -113,49 +113,55 @@ class SelfJudge:
         values = [value if math.isfinite(value) else None for value in scores.tolist()]
         return Judgement(global_score=values[0], region_scores=values[1:])
 
-    def _ask(self, image: Image.Image, question: str, attempt: int, generator: torch.Generator | None) -> str:
+    def _ask(
+        self, image: Image.Image, questions: list[str], attempt: int, generator: torch.Generator | None
+    ) -> list[str]:
         # The first attempt is greedy (the model's best answer); retries sample so that they can differ.
         sampled = attempt > 0
         return self.model.answer_questions(
-            [image],
-            [question],
+            [image] * len(questions),
+            questions,
             max_new_tokens=self.max_new_tokens,
             do_sample=sampled,
             temperature=self.retry_temperature if sampled else 1.0,
-            generators=[generator] if sampled and generator is not None else None,
+            generators=[generator] * len(questions) if sampled and generator is not None else None,
             think=self.think,
-        )[0]
+        )
 
     def _judge_by_text(
         self, image: Image.Image, prompt: str, boxes: Sequence[Box], generator: torch.Generator | None
     ) -> Judgement:
         judgement = Judgement(region_scores=[None] * len(boxes))
-
-        question = global_judge_prompt(prompt, image.size, style=self.style)
-        global_parse: ScoreParse | None = None
-        for attempt in range(1 + self.retries):
-            output = self._ask(image, question, attempt, generator)
-            judgement.attempts += 1
-            # Every attempt is kept, as for the regions, so a failed row shows what the judge wrote each time.
-            judgement.global_output = output if attempt == 0 else f"{judgement.global_output}\n---\n{output}"
-            global_parse = parse_global_score_detailed(output)
-            if global_parse is not None:
-                break
-        region_parses: list[ScoreParse | None] = [None] * len(boxes)
+        questions = {"global": global_judge_prompt(prompt, image.size, style=self.style)}
         if boxes:
-            question = region_judge_prompt(prompt, boxes, image.size, style=self.style)
-            for attempt in range(1 + self.retries):
-                output = self._ask(image, question, attempt, generator)
-                judgement.attempts += 1
-                judgement.region_output = output if attempt == 0 else f"{judgement.region_output}\n---\n{output}"
-                # A retry only fills the regions that earlier attempts left missing.
-                parsed = parse_region_scores_detailed(output, len(boxes))
-                region_parses = [
-                    old if old is not None else new for old, new in zip(region_parses, parsed, strict=True)
-                ]
-                if all(p is not None for p in region_parses):
-                    break
+            questions["regions"] = region_judge_prompt(prompt, boxes, image.size, style=self.style)
+        outputs: dict[str, list[str]] = {key: [] for key in questions}
+        global_parse: ScoreParse | None = None
+        region_parses: list[ScoreParse | None] = [None] * len(boxes)
+        pending = list(questions)
+        for attempt in range(1 + self.retries):
+            # Both questions go in one batched call; a retry asks again only what is still unparsed.
+            answers = self._ask(image, [questions[key] for key in pending], attempt, generator)
+            judgement.attempts += len(pending)
+            for key, answer in zip(pending, answers, strict=True):
+                outputs[key].append(answer)
+                if key == "global":
+                    global_parse = parse_global_score_detailed(answer)
+                else:
+                    # A retry only fills the regions that earlier attempts left missing.
+                    parsed = parse_region_scores_detailed(answer, len(boxes))
+                    region_parses = [old or new for old, new in zip(region_parses, parsed, strict=True)]
+            pending = [
+                key
+                for key in pending
+                if (key == "global" and global_parse is None) or (key == "regions" and None in region_parses)
+            ]
+            if not pending:
+                break
 
+        # Every attempt is kept, so a failed row shows what the judge wrote each time.
+        judgement.global_output = "\n---\n".join(outputs["global"])
+        judgement.region_output = "\n---\n".join(outputs.get("regions", []))
         parses = [global_parse, *region_parses]
         judgement.clamped_scores = sum(p is not None and p.clamped for p in parses)
         judgement.global_score = global_parse.value if global_parse is not None else None

@@ -13,6 +13,15 @@ its own images in stage 1:
 | `region_relevant` | `region_relevance_question` | yes iff the box frames a drawn object (IoU >= 0.5) |
 | `region_score` | `region_judge_prompt` | `region_score_label` of each region |
 | `grounding` | `grounding_prompt` | the boxes of the phrase's object |
+
+and four plain VQA questions that teach the attribute binding those judgements rest on:
+
+| kind | question | answer |
+|---|---|---|
+| `exists` | "is there a red circle" (an object of the scene, or one differing in colour or shape) | yes / no |
+| `count` | "how many red circles" | the number, as a digit |
+| `color` | "what color is the circle" (when exactly one circle is drawn) | the colour |
+| `relation` | "is the red circle to the left of the blue square" | yes / no, by GenEval's rule |
 """
 
 from __future__ import annotations
@@ -24,8 +33,9 @@ from typing import Any
 import numpy as np
 
 from trl_srum.judge import prompts as judge_prompts
+from trl_srum.shapes.geometry import relations, union_box
 from trl_srum.shapes.oracle import Detection, Reading, judge
-from trl_srum.shapes.spec import describe, validate_spec
+from trl_srum.shapes.spec import COLORS, RELATIONS, SHAPES, describe, validate_spec
 
 
 STYLE = "concise"
@@ -36,7 +46,13 @@ TASK_KINDS: tuple[str, ...] = (
     "region_relevant",
     "region_score",
     "grounding",
+    "exists",
+    "count",
+    "color",
+    "relation",
 )
+# Words of the VQA questions beyond the prompts' own vocabulary.
+QUESTION_WORDS: tuple[str, ...] = ("is", "there", "how", "many", "what", "color")
 
 
 @dataclass(frozen=True)
@@ -102,7 +118,8 @@ def candidate_boxes(reading: Reading, size: int, rng: np.random.Generator, max_b
 def scene_questions(
     reading: Reading, spec: Mapping[str, Any], size: int, rng: np.random.Generator
 ) -> list[LabelledQuestion]:
-    """One labelled question of every kind about an image (as read by the oracle) and a prompt spec."""
+    """One labelled question of every kind about an image (as read by the oracle) and a prompt spec; the VQA kinds
+    are asked when the scene allows (e.g. `color` needs a shape drawn exactly once)."""
     spec = validate_spec(spec)
     prompt = describe(spec)
     image_size = (size, size)
@@ -152,4 +169,49 @@ def scene_questions(
             judge_prompts.grounding_answer(found, style=STYLE),
         )
     )
+    return questions + vqa_questions(reading, rng)
+
+
+_RELATION_PHRASES = {"left_of": "to the left of", "right_of": "to the right of", "above": "above", "below": "below"}
+
+
+def _atom(color: str, shape: str) -> str:
+    return describe({"objects": [{"shape": shape, "color": color, "count": 1}], "relation": None})
+
+
+def vqa_questions(reading: Reading, rng: np.random.Generator) -> list[LabelledQuestion]:
+    """Plain questions about what an image shows (no prompt involved), as the oracle reads it."""
+    drawn = {(det.color, det.shape) for det in reading.detections if det.shape in SHAPES}
+    questions = []
+    # exists: half about a drawn atom, half about one that differs from a drawn atom in colour or in shape
+    atoms = sorted(drawn)
+    if atoms and rng.random() < 0.5:
+        color, shape = atoms[int(rng.integers(len(atoms)))]
+    else:
+        color, shape = COLORS[int(rng.integers(len(COLORS)))], SHAPES[int(rng.integers(len(SHAPES)))]
+    questions.append(
+        LabelledQuestion("exists", f"is there {_atom(color, shape)}", "yes" if (color, shape) in drawn else "no")
+    )
+    # count: how many of an atom (often a drawn one)
+    color, shape = atoms[int(rng.integers(len(atoms)))] if atoms and rng.random() < 0.8 else (color, shape)
+    number = sum((det.color, det.shape) == (color, shape) for det in reading.detections)
+    plural = describe({"objects": [{"shape": shape, "color": color, "count": 2}], "relation": None}).split(" ", 1)[1]
+    questions.append(LabelledQuestion("count", f"how many {plural}", str(number)))
+    # color: of a shape drawn exactly once
+    unique = [s for s in SHAPES if sum(det.shape == s for det in reading.detections) == 1]
+    if unique:
+        shape = unique[int(rng.integers(len(unique)))]
+        color = next(det.color for det in reading.detections if det.shape == shape)
+        questions.append(LabelledQuestion("color", f"what color is the {shape}", color))
+    # relation: between two different drawn atoms, by the union boxes of their instances
+    if len(atoms) >= 2:
+        first, second = (atoms[i] for i in rng.choice(len(atoms), size=2, replace=False))
+        boxes = [
+            union_box(det.box for det in reading.detections if (det.color, det.shape) == atom)
+            for atom in (first, second)
+        ]
+        kind = RELATIONS[int(rng.integers(len(RELATIONS)))]
+        holds = kind in relations(*boxes)
+        question = f"is the {' '.join(first)} {_RELATION_PHRASES[kind]} the {' '.join(second)}"
+        questions.append(LabelledQuestion("relation", question, "yes" if holds else "no"))
     return questions

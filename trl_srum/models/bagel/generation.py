@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 
@@ -16,8 +16,26 @@ from trl_srum.models.bagel.cache import KVCache
 from trl_srum.models.bagel.sampling import SamplerSettings, guide_velocity, timestep_grid
 
 
-if TYPE_CHECKING:
-    from trl_srum.models.bagel.modeling_bagel import BagelModel
+class BagelModel(Protocol):
+    """The chunk primitives of `modeling_bagel.BagelModel` that these functions compose (typed here so that the
+    model file and this one do not import each other)."""
+
+    config: Any
+    language_model: Any
+
+    def new_cache(self, batch_size: int) -> KVCache: ...
+    def wrap_text(self, token_ids: Sequence[int]) -> list[int]: ...
+    def prefill_text(self, cache: KVCache, token_ids: Sequence[Sequence[int]], **kwargs: Any) -> Any: ...
+    def forward_text(self, cache: KVCache, token_ids: Sequence[Sequence[int]], **kwargs: Any) -> Any: ...
+    def predict_velocity(
+        self,
+        cache: KVCache,
+        latent_tokens: torch.Tensor,
+        timesteps: torch.Tensor,
+        grid: tuple[int, int],
+        **kwargs: Any,
+    ) -> torch.Tensor: ...
+    def check_latent_grid(self, grid: tuple[int, int]) -> None: ...
 
 
 @dataclass
