@@ -1,28 +1,63 @@
-"""Shared builders for tests: tiny rollout datasets drawn by a tiny model, as stage 1 would write them."""
+"""Shared builders for tests: tiny rollout datasets drawn by a tiny model, as stage 1 would write them, and the
+environment of the tests that launch scripts in other processes."""
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
 
 import torch
 from datasets import Dataset
 
-from trl_srum.models.bagel import BagelModel
+from trl_srum.protocol import UnifiedModel
 from trl_srum.rollout import ROLLOUT_FEATURES, STATUS_OK, make_row_id
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ("a red circle", "two blue squares", "a green triangle above a yellow circle", "an orange square")
 
 
-def tiny_rollout_rows(model: BagelModel, num_rows: int = 8, image_size: tuple[int, int] = (16, 16), seed: int = 0):
-    """Rows of the rollout schema with images and latents drawn by `model` and made-up judgements."""
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def script_env() -> dict[str, str]:
+    """This environment without any launcher state, offline, one thread per process, the repo importable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "MASTER_", "WORLD_SIZE", "RANK"))}
+    env.update(
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        TRL_EXPERIMENTAL_SILENCE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONPATH=str(REPO_ROOT),
+    )
+    return env
+
+
+def tiny_rollout_rows(
+    model: UnifiedModel,
+    num_rows: int = 8,
+    image_size: tuple[int, int] = (16, 16),
+    seed: int = 0,
+    **sampling: Any,
+) -> list[dict]:
+    """Rows of the rollout schema with images and latents drawn by `model` (BAGEL's sampler with 3 steps unless
+    `sampling` says otherwise) and made-up judgements."""
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(num_rows)]
     with torch.no_grad():
         generated = model.generate_images(
             prompts,
             generators=[torch.Generator().manual_seed(seed + i) for i in range(num_rows)],
             image_size=image_size,
-            num_timesteps=3,
+            **(sampling or {"num_timesteps": 3}),
         )
     width, height = image_size
     rows = []
-    for index, (prompt, image) in enumerate(zip(prompts, generated, strict=True)):
+    for index, (prompt, sample) in enumerate(zip(prompts, generated, strict=True)):
         rows.append(
             {
                 "row_id": make_row_id(f"p{index}", 0),
@@ -31,10 +66,10 @@ def tiny_rollout_rows(model: BagelModel, num_rows: int = 8, image_size: tuple[in
                 "category": "",
                 "candidate_index": 0,
                 "seed": seed + index,
-                "image": image.image,
-                "latents": image.latents.numpy(),
-                "latent_grid": list(image.grid),
-                "reasoning": None,
+                "image": sample.image,
+                "latents": sample.latents.numpy(),
+                "latent_grid": list(sample.grid),
+                "reasoning": sample.reasoning,
                 "global_score": [0.8, -0.4, 0.2, 1.0][index % 4],
                 "regions": [
                     {
@@ -54,5 +89,5 @@ def tiny_rollout_rows(model: BagelModel, num_rows: int = 8, image_size: tuple[in
     return rows
 
 
-def tiny_rollout_dataset(model: BagelModel, num_rows: int = 8, **kwargs) -> Dataset:
+def tiny_rollout_dataset(model: UnifiedModel, num_rows: int = 8, **kwargs) -> Dataset:
     return Dataset.from_list(tiny_rollout_rows(model, num_rows, **kwargs), features=ROLLOUT_FEATURES)

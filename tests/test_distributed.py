@@ -13,7 +13,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 
 from trl_srum.models.bagel.tiny import tiny_bagel_model
 
+from .helpers import free_port, script_env
 from .scripts.srum_ddp import train
 
 
@@ -32,26 +32,6 @@ ACCELERATE_CONFIG = REPO_ROOT / "recipes" / "accelerate_configs" / "cpu_ddp.yaml
 PER_DEVICE_BATCH = 2
 # Trainer bookkeeping that is not a result of the training.
 TIMING_KEYS = {"train_runtime", "train_samples_per_second", "train_steps_per_second"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def script_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "MASTER_", "WORLD_SIZE", "RANK"))}
-    env.update(
-        OMP_NUM_THREADS="1",
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        HF_HUB_DISABLE_TELEMETRY="1",
-        TRL_EXPERIMENTAL_SILENCE="1",
-        TOKENIZERS_PARALLELISM="false",
-        PYTHONPATH=str(REPO_ROOT),
-    )
-    return env
 
 
 def read_rank(out: Path, rank: int) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -16,11 +16,12 @@ from peft import LoraConfig, PeftModel
 from trl_srum import SRUMConfig, SRUMTrainer
 from trl_srum.models.bagel.tiny import tiny_bagel_model
 from trl_srum.models.blip3o.tiny import TINY_FEATURE_DIM, tiny_blip3o
-from trl_srum.rollout import ROLLOUT_FEATURES, STATUS_OK, make_row_id
+from trl_srum.rollout import ROLLOUT_FEATURES
+
+from .helpers import tiny_rollout_rows
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PROMPTS = ("a red circle", "two blue squares", "a green triangle above a yellow circle", "an orange square")
 
 
 @dataclass(frozen=True)
@@ -58,47 +59,10 @@ FAMILIES = {
 
 def rollout_dataset(model, family: Family, num_rows: int = 4) -> Dataset:
     """Rollout rows as stage 1 writes them: the model's own images and latents, with made-up judgements."""
-    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(num_rows)]
-    with torch.no_grad():
-        generated = model.generate_images(
-            prompts,
-            generators=[torch.Generator().manual_seed(i) for i in range(num_rows)],
-            image_size=family.image_size,
-            **family.sampling,
-        )
-    width, height = family.image_size
-    rows = []
-    for index, (prompt, sample) in enumerate(zip(prompts, generated, strict=True)):
-        assert sample.image.size == family.image_size
-        assert sample.latents.shape[0] == sample.grid[0] * sample.grid[1]
-        rows.append(
-            {
-                "row_id": make_row_id(f"p{index}", 0),
-                "prompt_id": f"p{index}",
-                "prompt": prompt,
-                "category": "",
-                "candidate_index": 0,
-                "seed": index,
-                "image": sample.image,
-                "latents": sample.latents.numpy(),
-                "latent_grid": list(sample.grid),
-                "reasoning": sample.reasoning,
-                "global_score": [0.8, -0.4, 0.2, 1.0][index % 4],
-                "regions": [
-                    {
-                        "bbox": [0.0, 0.0, width / 2, height / 2],
-                        "label": "object",
-                        "score": [0.9, -0.6][index % 2],
-                        "relevance": None,
-                        "source": "test",
-                    }
-                ],
-                "global_judge_output": "",
-                "region_judge_output": "",
-                "status": STATUS_OK,
-                "error": "",
-            }
-        )
+    rows = tiny_rollout_rows(model, num_rows, family.image_size, **family.sampling)
+    for row in rows:
+        assert row["image"].size == family.image_size
+        assert row["latents"].shape[0] == row["latent_grid"][0] * row["latent_grid"][1]
     return Dataset.from_list(rows, features=ROLLOUT_FEATURES)
 
 

@@ -5,8 +5,14 @@
 For every seed it draws one set of rollouts (stage 1 with the recipe's settings; the seed sets the candidates, the
 training noise and the evaluation's sampling seeds), trains every variant on those same rollouts from the same base
 model, and evaluates each on the held-out prompts with the same sampling seeds, so all numbers of one seed are paired.
-The `prob` variant re-judges the same candidates with the token-probability judge. Results go to
-`<output_dir>/results.json` and a markdown table is printed (mean ± std over seeds).
+The `prob` variant re-judges the same candidates with the token-probability judge. Each seed writes
+`<output_dir>/results-seed<N>.json`, so seeds can run as separate processes into one folder (one core each):
+
+    OMP_NUM_THREADS=1 python recipes/shapes/experiments.py --seeds 0 --threads 1 &
+    OMP_NUM_THREADS=1 python recipes/shapes/experiments.py --seeds 1 2 --threads 1
+    python recipes/shapes/experiments.py --table_only     # the markdown table over every seed file in the folder
+
+The table gives mean ± std over seeds and, per variant, the mean paired change of overall accuracy against the base.
 """
 
 import argparse
@@ -19,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from peft import LoraConfig
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,14 +38,19 @@ from trl_srum.rollout import resolve_prompts, run_rollouts  # noqa: E402
 from trl_srum.shapes.pretrained import DEFAULT_MODEL_DIR  # noqa: E402
 
 
-# name -> (SRUMConfig overrides, judge mode of the rollouts)
-VARIANTS: dict[str, tuple[dict, str]] = {
-    "self-SFT (uniform weights)": ({"use_global_reward": False, "use_local_rewards": False}, "text"),
-    "SRUM w/o global": ({"use_global_reward": False}, "text"),
-    "SRUM w/o constraint (λ_c = 0)": ({"lambda_constraint": 0.0}, "text"),
-    "SRUM (official map)": ({}, "text"),
-    "SRUM (signed map)": ({"reward_map_mode": "signed"}, "text"),
-    "SRUM (prob judge)": ({}, "prob"),
+# name -> (SRUMConfig overrides, judge mode of the rollouts, LoRA rank or None for the recipe's full fine-tuning)
+VARIANTS: dict[str, tuple[dict, str, int | None]] = {
+    "SRUM (official map)": ({}, "text", None),
+    "self-SFT (uniform weights)": ({"use_global_reward": False, "use_local_rewards": False}, "text", None),
+    "SRUM w/o constraint (λ_c = 0)": ({"lambda_constraint": 0.0}, "text", None),
+    "SRUM w/o global": ({"use_global_reward": False}, "text", None),
+    "SRUM (signed map)": ({"reward_map_mode": "signed"}, "text", None),
+    "SRUM (prob judge)": ({}, "prob", None),
+    # The knobs a toy-scale prototype suspected (see docs/results.md): layout-only timesteps, a pull towards the
+    # frozen base instead of the self anchor, and a low-rank update.
+    "SRUM, t ≥ 0.6 only": ({"timestep_min": 0.6}, "text", None),
+    "SRUM, reference constraint": ({"constraint": "reference"}, "text", None),
+    "SRUM, LoRA r=16": ({"learning_rate": 1e-3}, "text", 16),
 }
 
 
@@ -47,22 +59,32 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--output_dir", default="output/shapes-experiments")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), help="a subset of the variant names")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 when seeds run side by side)")
+    parser.add_argument("--table_only", action="store_true", help="print the table of the seed files and stop")
     own, recipe_argv = parser.parse_known_args()
+    output = Path(own.output_dir)
+    if own.table_only:
+        print_table(output)
+        return
+    if own.threads:
+        torch.set_num_threads(own.threads)
     sys.argv = [sys.argv[0], *recipe_argv]  # everything else is a recipe key (see config_shapes.yaml)
     script_args, base_training_args, base_rollout_config, model_args = parse_arguments()
     logging.basicConfig(level=logging.WARNING)
-    output = Path(own.output_dir)
     model_path = model_args.model_name_or_path or DEFAULT_MODEL_DIR
-    results: dict[str, list[dict]] = {name: [] for name in ["base", *own.variants]}
+    unknown = [name for name in own.variants if name not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; known: {list(VARIANTS)}")
 
     for seed in own.seeds:
+        results: dict[str, dict] = {}
         script_args.eval_seeds = [100 * seed, 100 * seed + 1]
         base = load_unified_model(model_path, dtype=torch.float32).eval()
         before, understanding, _ = evaluate_shapes(base, script_args, base_rollout_config, "base")
-        results["base"].append({"accuracy": before, "understanding": understanding})
+        results["base"] = {"accuracy": before, "understanding": understanding}
         rollouts = {}
         for name in own.variants:
-            overrides, judge_mode = VARIANTS[name]
+            overrides, judge_mode, lora_rank = VARIANTS[name]
             if judge_mode not in rollouts:
                 rollout_config = copy.deepcopy(base_rollout_config)
                 rollout_config.rollout_seed = seed
@@ -72,28 +94,46 @@ def main() -> None:
                 rollouts[judge_mode] = run_rollouts(base, prompts, rollout_config)
             training_args = copy.deepcopy(base_training_args)
             training_args.seed = seed
-            training_args.output_dir = str(output / f"seed-{seed}" / name.split(" ")[0].lower())
+            training_args.output_dir = str(output / f"seed-{seed}" / f"variant-{list(VARIANTS).index(name)}")
             for key, value in overrides.items():
                 setattr(training_args, key, value)
             started = time.perf_counter()
             model = load_unified_model(model_path, dtype=torch.float32)
-            trainer = SRUMTrainer(model, training_args, train_dataset=rollouts[judge_mode])
+            peft_config = None if lora_rank is None else LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank)
+            trainer = SRUMTrainer(model, training_args, train_dataset=rollouts[judge_mode], peft_config=peft_config)
             trainer.train()
             after, understanding, _ = evaluate_shapes(trainer.model.eval(), script_args, base_rollout_config, name)
-            results[name].append(
-                {"accuracy": after, "understanding": understanding, "minutes": (time.perf_counter() - started) / 60}
-            )
+            results[name] = {
+                "accuracy": after,
+                "understanding": understanding,
+                "minutes": (time.perf_counter() - started) / 60,
+            }
             output.mkdir(parents=True, exist_ok=True)
-            (output / "results.json").write_text(json.dumps(results, indent=2))
+            (output / f"results-seed{seed}.json").write_text(json.dumps(results, indent=2))
+    print_table(output)
 
-    categories = list(results["base"][0]["accuracy"])
-    print(f"\n| variant | {' | '.join(categories)} | understanding |")
-    print(f"|---|{'---|' * len(categories)}---|")
-    for name, runs in results.items():
+
+def print_table(output: Path) -> None:
+    """Mean ± std over the seed files of `output`, and the mean paired change of overall accuracy vs the base."""
+    files = sorted(output.glob("results-seed*.json"))
+    if not files:
+        raise FileNotFoundError(f"no results-seed*.json in {output}")
+    runs = [json.loads(f.read_text()) for f in files]
+    categories = list(runs[0]["base"]["accuracy"])
+    names = [name for name in ["base", *VARIANTS] if any(name in run for run in runs)]
+    print(f"\n{len(runs)} seed(s): {', '.join(f.stem.removeprefix('results-') for f in files)}")
+    print(f"\n| variant | {' | '.join(categories)} | Δ overall vs base | understanding |")
+    print(f"|---|{'---|' * len(categories)}---|---|")
+    for name in names:
+        paired = [run for run in runs if name in run]
         cells = []
-        for category in [*categories, None]:
-            values = [r["understanding"] if category is None else r["accuracy"][category] for r in runs]
-            cells.append(f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}")
+        for category in categories:
+            values = [100 * run[name]["accuracy"][category] for run in paired]
+            cells.append(f"{np.mean(values):.1f} ± {np.std(values):.1f}")
+        change = [100 * (run[name]["accuracy"]["overall"] - run["base"]["accuracy"]["overall"]) for run in paired]
+        understanding = [100 * run[name]["understanding"] for run in paired]
+        cells.append("–" if name == "base" else f"{np.mean(change):+.1f} ± {np.std(change):.1f}")
+        cells.append(f"{np.mean(understanding):.1f} ± {np.std(understanding):.1f}")
         print(f"| {name} | {' | '.join(cells)} |")
 
 

@@ -1,6 +1,5 @@
-"""Pretrain the tiny shapes-world BAGEL that trl-srum ships: a VAE, then understanding and generation together.
+"""Pretrain the tiny shapes-world BAGEL that trl-srum ships: a VAE, then generation, then both together.
 
-    python recipes/shapes/pretrain.py                               # writes trl_srum/assets/shapes_bagel
     python recipes/shapes/pretrain.py --output_dir /tmp/shapes_bagel --steps 500 --vae_steps 300   # a quick try
 
 The model is the real BAGEL architecture (`trl_srum.models.bagel.BagelModel`, same classes as the 7B) at a tiny
@@ -8,13 +7,24 @@ size: a 4-layer Mixture-of-Transformers LLM, a 2-layer SigLIP ViT, a diffusers `
 tokenizer built with `tokenizers`. It learns
 
 - understanding: the concise self-judge questions of `trl_srum.shapes.tasks` (layout match, layout score, region
-  match / relevance / score, grounding) on renders, degraded renders, VAE reconstructions and, later in training,
-  its own generated images — labelled by the oracle, as human labels teach a real VLM;
-- generation: flow matching on VAE latents of renders with their prompts (10% text dropout for CFG),
+  match / relevance / score, grounding) and plain VQA (exists, count, colour, relation) on renders, degraded renders
+  and VAE reconstructions — labelled by the oracle, as human labels teach a real VLM;
+- generation: flow matching on VAE latents of renders with their prompts (10% text dropout for CFG).
 
-with generation deliberately trained less than understanding, so that the model judges compositions better than it
-draws them — the gap SRUM exists for. Only the training split of prompts is used; held-out combinations are never
-seen. The script ends by measuring that gap on held-out prompts and writes it to `<output_dir>/pretrain_report.json`.
+Only the training split of prompts is used; held-out combinations are never seen. Each run ends by measuring the gap
+SRUM exists for on held-out prompts (judging vs drawing) and writes it to `<output_dir>/pretrain_report.json`.
+
+The shipped model (`trl_srum/assets/shapes_bagel`) was built in four runs, each continuing the previous one (seed 0,
+one CPU thread each; wall times in docs/results.md):
+
+    python recipes/shapes/pretrain.py --output_dir runs/vae --steps 0 --threads 1
+    python recipes/shapes/pretrain.py --output_dir runs/gen --vae_from runs/vae --steps 6000 \
+        --understanding_batch 0 --generation_batch 32 --generation_every 1 --ema 0.999 --threads 1
+    python recipes/shapes/pretrain.py --output_dir runs/joint --init_from runs/gen --steps 1400 \
+        --understanding_batch 12 --generation_batch 32 --generation_every 1 --lr 3e-4 --ema 0 \
+        --own_images_from 0.2 --threads 1
+    python recipes/shapes/pretrain.py --output_dir trl_srum/assets/shapes_bagel --init_from runs/joint --steps 600 \
+        --understanding_batch 12 --generation_batch 32 --generation_every 1 --lr 3e-4 --ema 0 --threads 1
 """
 
 import argparse
@@ -51,13 +61,23 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vae_steps", type=int, default=2500)
     parser.add_argument("--vae_from", default=None, help="reuse the VAE of a model folder written by this script")
+    parser.add_argument(
+        "--init_from", default=None, help="continue from a whole model folder written by this script (VAE included)"
+    )
     parser.add_argument("--steps", type=int, default=4000, help="joint understanding + generation steps")
     parser.add_argument("--understanding_batch", type=int, default=16, help="scenes per understanding step")
     parser.add_argument("--questions_per_scene", type=int, default=6, help="of the ten kinds, asked per scene")
     parser.add_argument("--generation_batch", type=int, default=16, help="images per generation step")
     parser.add_argument("--generation_every", type=int, default=2, help="a generation step every N steps")
     parser.add_argument("--latent_bank", type=int, default=6000, help="renders encoded once for generation")
-    parser.add_argument("--own_images_from", type=float, default=0.4, help="fraction of steps before own samples")
+    parser.add_argument(
+        "--own_images_from",
+        type=float,
+        default=1.0,
+        help="fraction of steps after which understanding also sees the model's own samples (1: never). Off by "
+        "default: a weak generator's samples are nearly all wrong, and learning from them taught the judge to answer "
+        "no to every layout question (held-out judging accuracy stuck at 0.5).",
+    )
     parser.add_argument("--eval_per_category", type=int, default=12)
     parser.add_argument(
         "--eval_every", type=int, default=0, help="print held-out accuracies every N steps (0: at the end)"
@@ -375,18 +395,21 @@ def main() -> None:
     random.seed(args.seed)
     rng = random.Random(args.seed)
     started = time.perf_counter()
-    model = build_model(args.seed, args.llm_hidden, args.llm_layers, args.vit_hidden, args.vit_layers)
-
     report = {"seed": args.seed, "args": vars(args)}
-    if args.vae_from:
-        trained = BagelModel.from_pretrained(args.vae_from)
-        model.vae.load_state_dict(trained.vae.state_dict())
-        shift, scale = trained.vae.config.shift_factor, trained.vae.config.scaling_factor
-        model.vae.register_to_config(shift_factor=shift, scaling_factor=scale)
-        model.config.vae_config.update(shift_factor=shift, scaling_factor=scale)
+    if args.init_from:
+        model = BagelModel.from_pretrained(args.init_from)
         model.vae.eval().requires_grad_(False)
     else:
-        report.update(train_vae(model, args.vae_steps, rng))
+        model = build_model(args.seed, args.llm_hidden, args.llm_layers, args.vit_hidden, args.vit_layers)
+        if args.vae_from:
+            trained = BagelModel.from_pretrained(args.vae_from)
+            model.vae.load_state_dict(trained.vae.state_dict())
+            shift, scale = trained.vae.config.shift_factor, trained.vae.config.scaling_factor
+            model.vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+            model.config.vae_config.update(shift_factor=shift, scaling_factor=scale)
+            model.vae.eval().requires_grad_(False)
+        else:
+            report.update(train_vae(model, args.vae_steps, rng))
     report["vae_minutes"] = (time.perf_counter() - started) / 60
     if args.steps:
         report.update(train_joint(model, args, rng))

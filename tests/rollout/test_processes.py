@@ -6,10 +6,8 @@ MULTI_GPU launcher (`recipes/accelerate_configs/cpu_ddp.yaml`); without a GPU th
 """
 
 import logging
-import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +21,7 @@ from trl_srum.models import load_unified_model
 from trl_srum.models.bagel.tiny import tiny_bagel_model
 from trl_srum.rollout import RolloutConfig, resolve_prompts, run_rollouts
 
+from ..helpers import free_port, script_env
 from .utils import assert_same_rows
 
 
@@ -53,25 +52,6 @@ STAGE1 = {
     "rollout_seed": 7,
     "gallery_size": 2,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def script_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "MASTER_", "WORLD_SIZE", "RANK"))}
-    env.update(
-        OMP_NUM_THREADS="1",
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        TRL_EXPERIMENTAL_SILENCE="1",
-        PYTHONPATH=str(REPO_ROOT),
-    )
-    return env
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,73 @@
+"""The shapes-world BAGEL that ships with the package, and the main job's default recipe that runs on it."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from trl_srum.judge.prompts import global_probability_question
+from trl_srum.models import load_unified_model
+from trl_srum.models.bagel import BagelModel
+from trl_srum.shapes import describe, render
+from trl_srum.shapes.pretrained import DEFAULT_MODEL_DIR, SHAPES_IMAGE_SIZE, SHAPES_SAMPLING, load_shapes_model
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SPEC = {"objects": [{"shape": "circle", "color": "red", "count": 1}], "relation": None}
+
+
+@pytest.fixture(scope="module")
+def model() -> BagelModel:
+    return load_shapes_model().eval()
+
+
+def test_shipped_model_loads_through_from_pretrained_and_is_small():
+    assert (DEFAULT_MODEL_DIR / "model.safetensors").stat().st_size < 20 * 2**20
+    loaded = load_unified_model(str(DEFAULT_MODEL_DIR), dtype=torch.float32)
+    assert isinstance(loaded, BagelModel) and loaded.config.model_type == "bagel"
+    assert loaded.config.supports_grounding
+
+
+def test_shipped_model_draws_with_enough_latent_tokens_for_local_rewards(model):
+    rows, cols = model.latent_grid((SHAPES_IMAGE_SIZE, SHAPES_IMAGE_SIZE))
+    assert rows >= 8 and cols >= 8
+    settings = {**SHAPES_SAMPLING, "num_timesteps": 4}
+    with torch.no_grad():
+        first, again = (
+            model.generate_images(
+                [describe(SPEC)],
+                generators=[torch.Generator().manual_seed(3)],
+                image_size=(SHAPES_IMAGE_SIZE, SHAPES_IMAGE_SIZE),
+                **settings,
+            )[0]
+            for _ in range(2)
+        )
+    assert first.image.size == (SHAPES_IMAGE_SIZE, SHAPES_IMAGE_SIZE)
+    assert first.latents.shape[0] == rows * cols
+    assert torch.equal(first.latents, again.latents)  # the seed alone decides the sample
+
+
+def test_shipped_model_prefers_yes_for_a_clean_matching_render(model):
+    image = render(SPEC, size=SHAPES_IMAGE_SIZE, seed=0)
+    wrong = {"objects": [{"shape": "square", "color": "blue", "count": 3}], "relation": None}
+    questions = [global_probability_question(describe(s), image.size, style="concise") for s in (SPEC, wrong)]
+    with torch.no_grad():
+        log_probs = model.score_answers(image, questions, ["yes", "no"])
+    assert torch.isfinite(log_probs).all()
+    margin = log_probs[:, 0] - log_probs[:, 1]  # log P(yes) - log P(no)
+    assert margin[0] > margin[1]
+
+
+def test_main_job_defaults_to_the_shipped_model_and_its_sampler(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "recipes"))
+    monkeypatch.setattr(sys, "argv", ["srum_bagel.py"])
+    from srum_bagel import parse_arguments
+
+    script_args, training_args, rollout_config, model_args = parse_arguments()
+    assert model_args.model_name_or_path is None  # -> DEFAULT_MODEL_DIR in main()
+    assert script_args.eval_shapes_per_category > 0 and rollout_config.shapes_prompts > 0
+    assert (rollout_config.image_width, rollout_config.image_height) == (SHAPES_IMAGE_SIZE, SHAPES_IMAGE_SIZE)
+    for key, value in SHAPES_SAMPLING.items():
+        assert rollout_config.generation_kwargs[key] == (list(value) if isinstance(value, tuple) else value), key
+    assert training_args.use_cpu and training_args.lambda_constraint == 0.5
