@@ -77,7 +77,9 @@ def main() -> None:
         raise ValueError(f"unknown variants {unknown}; known: {list(VARIANTS)}")
 
     for seed in own.seeds:
-        results: dict[str, dict] = {}
+        # Variants run later for the same seed are added to its file (the base and the rollouts are the same).
+        seed_file = output / f"results-seed{seed}.json"
+        results: dict[str, dict] = json.loads(seed_file.read_text()) if seed_file.is_file() else {}
         script_args.eval_seeds = [100 * seed, 100 * seed + 1]
         base = load_unified_model(model_path, dtype=torch.float32).eval()
         before, understanding, _ = evaluate_shapes(base, script_args, base_rollout_config, "base")
@@ -109,7 +111,7 @@ def main() -> None:
                 "minutes": (time.perf_counter() - started) / 60,
             }
             output.mkdir(parents=True, exist_ok=True)
-            (output / f"results-seed{seed}.json").write_text(json.dumps(results, indent=2))
+            seed_file.write_text(json.dumps(results, indent=2))
     print_table(output)
 
 
