@@ -22,11 +22,10 @@ import torch
 
 from trl_srum.models.bagel.tiny import tiny_bagel_model
 
-from .helpers import free_port, script_env
+from .helpers import REPO_ROOT, free_port, script_env
 from .scripts.srum_ddp import train
 
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "tests" / "scripts" / "srum_ddp.py"
 ACCELERATE_CONFIG = REPO_ROOT / "recipes" / "accelerate_configs" / "cpu_ddp.yaml"
 PER_DEVICE_BATCH = 2

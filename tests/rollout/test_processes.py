@@ -21,11 +21,10 @@ from trl_srum.models import load_unified_model
 from trl_srum.models.bagel.tiny import tiny_bagel_model
 from trl_srum.rollout import RolloutConfig, resolve_prompts, run_rollouts
 
-from ..helpers import free_port, script_env
+from ..helpers import REPO_ROOT, free_port, script_env
 from .utils import assert_same_rows
 
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 ACCELERATE_CONFIG = REPO_ROOT / "recipes" / "accelerate_configs" / "cpu_ddp.yaml"
 PROMPTS = [
     "a red circle",

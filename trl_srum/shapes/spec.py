@@ -108,7 +108,12 @@ def describe(spec: Mapping[str, Any]) -> str:
     phrases = [_object_phrase(obj) for obj in spec["objects"]]
     if spec["relation"] is None:
         return " and ".join(phrases)
-    return " ".join([phrases[0], *_RELATION_WORDS[spec["relation"]["type"]], phrases[1]])
+    return " ".join([phrases[0], relation_phrase(spec["relation"]["type"]), phrases[1]])
+
+
+def relation_phrase(kind: str) -> str:
+    """How a prompt says a relation, e.g. "to the left of" for `left_of`."""
+    return " ".join(_RELATION_WORDS[kind])
 
 
 def _object_phrase(obj: Mapping[str, Any]) -> str:

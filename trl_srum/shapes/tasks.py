@@ -35,7 +35,7 @@ import numpy as np
 from trl_srum.judge import prompts as judge_prompts
 from trl_srum.shapes.geometry import relations, union_box
 from trl_srum.shapes.oracle import Detection, Reading, judge
-from trl_srum.shapes.spec import COLORS, RELATIONS, SHAPES, describe, validate_spec
+from trl_srum.shapes.spec import COLORS, RELATIONS, SHAPES, describe, relation_phrase, validate_spec
 
 
 STYLE = "concise"
@@ -172,9 +172,6 @@ def scene_questions(
     return questions + vqa_questions(reading, rng)
 
 
-_RELATION_PHRASES = {"left_of": "to the left of", "right_of": "to the right of", "above": "above", "below": "below"}
-
-
 def _atom(color: str, shape: str) -> str:
     return describe({"objects": [{"shape": shape, "color": color, "count": 1}], "relation": None})
 
@@ -212,6 +209,6 @@ def vqa_questions(reading: Reading, rng: np.random.Generator) -> list[LabelledQu
         ]
         kind = RELATIONS[int(rng.integers(len(RELATIONS)))]
         holds = kind in relations(*boxes)
-        question = f"is the {' '.join(first)} {_RELATION_PHRASES[kind]} the {' '.join(second)}"
+        question = f"is the {' '.join(first)} {relation_phrase(kind)} the {' '.join(second)}"
         questions.append(LabelledQuestion("relation", question, "yes" if holds else "no"))
     return questions
