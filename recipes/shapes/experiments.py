@@ -5,7 +5,8 @@
 For every seed it draws one set of rollouts (stage 1 with the recipe's settings; the seed sets the candidates, the
 training noise and the evaluation's sampling seeds), trains every variant on those same rollouts from the same base
 model, and evaluates each on the held-out prompts with the same sampling seeds, so all numbers of one seed are paired.
-The `prob` variant re-judges the same candidates with the token-probability judge. Each seed writes
+The `prob` variant re-judges the same candidates with the token-probability judge; the "oracle rewards" variants
+rescore the `text` rollouts with the oracle (upper bounds, not self-rewarding). Each seed writes
 `<output_dir>/results-seed<N>.json`, so seeds can run as separate processes into one folder (one core each):
 
     OMP_NUM_THREADS=1 python recipes/shapes/experiments.py --seeds 0 --threads 1 &
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from datasets import Dataset
 from peft import LoraConfig
 
 
@@ -35,7 +37,9 @@ from srum_bagel import evaluate_shapes, parse_arguments  # noqa: E402
 from trl_srum import SRUMTrainer  # noqa: E402
 from trl_srum.models import load_unified_model  # noqa: E402
 from trl_srum.rollout import resolve_prompts, run_rollouts  # noqa: E402
+from trl_srum.shapes import parse_prompt  # noqa: E402
 from trl_srum.shapes.pretrained import DEFAULT_MODEL_DIR  # noqa: E402
+from trl_srum.shapes.tasks import oracle_judgement  # noqa: E402
 
 
 # name -> (SRUMConfig overrides, judge mode of the rollouts, LoRA rank or None for the recipe's full fine-tuning)
@@ -51,6 +55,21 @@ VARIANTS: dict[str, tuple[dict, str, int | None]] = {
     "SRUM, t ≥ 0.6 only": ({"timestep_min": 0.6}, "text", None),
     "SRUM, reference constraint": ({"constraint": "reference"}, "text", None),
     "SRUM, LoRA r=16": ({"learning_rate": 1e-3}, "text", 16),
+    # Upper bounds, not self-rewarding: the same rollouts scored by the oracle (the labels the judge was taught), to
+    # separate what a better judge would buy from what training on the model's own samples costs.
+    "oracle rewards: SRUM (official map)": ({}, "oracle", None),
+    "oracle rewards: SRUM w/o constraint": ({"lambda_constraint": 0.0}, "oracle", None),
+    "oracle rewards: SRUM (official map), lr 2e-5": ({"learning_rate": 2e-5}, "oracle", None),
+    "oracle rewards: SRUM w/o constraint, lr 2e-5": (
+        {"lambda_constraint": 0.0, "learning_rate": 2e-5},
+        "oracle",
+        None,
+    ),
+    "self-SFT, lr 2e-5": (
+        {"use_global_reward": False, "use_local_rewards": False, "learning_rate": 2e-5},
+        "text",
+        None,
+    ),
 }
 
 
@@ -87,13 +106,12 @@ def main() -> None:
         rollouts = {}
         for name in own.variants:
             overrides, judge_mode, lora_rank = VARIANTS[name]
+            if judge_mode == "oracle" and "oracle" not in rollouts:
+                if "text" not in rollouts:
+                    rollouts["text"] = draw_rollouts(base, base_rollout_config, seed, "text", output)
+                rollouts["oracle"] = rescored_by_oracle(rollouts["text"])
             if judge_mode not in rollouts:
-                rollout_config = copy.deepcopy(base_rollout_config)
-                rollout_config.rollout_seed = seed
-                rollout_config.judge_mode = judge_mode
-                rollout_config.rollout_dir = str(output / f"seed-{seed}" / f"rollouts-{judge_mode}")
-                prompts = resolve_prompts(None, rollout_config.shapes_prompts, seed, rollout_config.num_prompts)
-                rollouts[judge_mode] = run_rollouts(base, prompts, rollout_config)
+                rollouts[judge_mode] = draw_rollouts(base, base_rollout_config, seed, judge_mode, output)
             training_args = copy.deepcopy(base_training_args)
             training_args.seed = seed
             training_args.output_dir = str(output / f"seed-{seed}" / f"variant-{list(VARIANTS).index(name)}")
@@ -113,6 +131,28 @@ def main() -> None:
             output.mkdir(parents=True, exist_ok=True)
             seed_file.write_text(json.dumps(results, indent=2))
     print_table(output)
+
+
+def draw_rollouts(model, base_config, seed: int, judge_mode: str, output: Path) -> Dataset:
+    """Stage 1 with the recipe's settings for one seed and judge (resumed from its folder when already drawn)."""
+    rollout_config = copy.deepcopy(base_config)
+    rollout_config.rollout_seed = seed
+    rollout_config.judge_mode = judge_mode
+    rollout_config.rollout_dir = str(output / f"seed-{seed}" / f"rollouts-{judge_mode}")
+    prompts = resolve_prompts(None, rollout_config.shapes_prompts, seed, rollout_config.num_prompts)
+    return run_rollouts(model, prompts, rollout_config)
+
+
+def rescored_by_oracle(rollouts: Dataset) -> Dataset:
+    """The same images and regions, with the judge's scores replaced by the oracle's (`oracle_judgement`)."""
+
+    def rescore(row: dict) -> dict:
+        boxes = [region["bbox"] for region in row["regions"]]
+        global_score, region_scores = oracle_judgement(row["image"], parse_prompt(row["prompt"]), boxes)
+        regions = [dict(region, score=score) for region, score in zip(row["regions"], region_scores, strict=True)]
+        return {"global_score": global_score, "regions": regions}
+
+    return rollouts.map(rescore, desc="oracle scores")
 
 
 def print_table(output: Path) -> None:

@@ -25,6 +25,14 @@ one CPU thread each; wall times in docs/results.md):
         --own_images_from 0.2 --threads 1
     python recipes/shapes/pretrain.py --output_dir trl_srum/assets/shapes_bagel --init_from runs/joint --steps 600 \
         --understanding_batch 12 --generation_batch 32 --generation_every 1 --lr 3e-4 --ema 0 --threads 1
+
+That model's judge barely sees its images: its connector's output is ~7% as loud as the sin-cos position table it is
+added to, and it answers the VQA questions with their most frequent answer (docs/results.md). For new runs, pass
+`--match_connector_scale`; to retrain the judge of an existing model without touching its generation expert:
+
+    python recipes/shapes/pretrain.py --output_dir runs/judge --init_from trl_srum/assets/shapes_bagel \
+        --match_connector_scale --understanding_only --own_images_from 0 --steps 1000 \
+        --understanding_batch 12 --generation_batch 16 --generation_every 1 --lr 5e-4 --ema 0 --threads 1
 """
 
 import argparse
@@ -52,7 +60,7 @@ from trl_srum.models.bagel.tiny import build_word_level_tokenizer
 from trl_srum.shapes import CATEGORIES, alter, describe, detect, perturb, render, sample_specs, vocabulary
 from trl_srum.shapes.evaluation import evaluation_specs, generation_accuracy, understanding_accuracy
 from trl_srum.shapes.pretrained import DEFAULT_MODEL_DIR, SHAPES_IMAGE_SIZE, SHAPES_SAMPLING
-from trl_srum.shapes.tasks import QUESTION_WORDS, scene_questions
+from trl_srum.shapes.tasks import QUESTION_WORDS, scene_questions, shown_spec
 
 
 def parse_args() -> argparse.Namespace:
@@ -74,9 +82,20 @@ def parse_args() -> argparse.Namespace:
         "--own_images_from",
         type=float,
         default=1.0,
-        help="fraction of steps after which understanding also sees the model's own samples (1: never). Off by "
-        "default: a weak generator's samples are nearly all wrong, and learning from them taught the judge to answer "
-        "no to every layout question (held-out judging accuracy stuck at 0.5).",
+        help="fraction of steps after which half the understanding scenes are the model's own samples, labelled by "
+        "what the oracle reads in them (1: never)",
+    )
+    parser.add_argument(
+        "--understanding_only",
+        action="store_true",
+        help="train only what generation does not use alone (ViT, connector, LM head, the LLM's understanding "
+        "expert); the generation loss still runs, so the prompt encoding the generation expert reads stays in place",
+    )
+    parser.add_argument(
+        "--match_connector_scale",
+        action="store_true",
+        help="rescale the connector before training so that images are not drowned by the position table (see "
+        "`match_connector_scale`; the shipped model was trained without it)",
     )
     parser.add_argument("--eval_per_category", type=int, default=12)
     parser.add_argument(
@@ -152,6 +171,27 @@ def build_model(
     return model
 
 
+@torch.no_grad()
+def match_connector_scale(model: BagelModel, rng: random.Random, num_images: int = 16) -> float:
+    """Rescale the connector's output layer so image content is as loud as the sin-cos position table it is added to.
+
+    At the 7B's width a pretrained connector is loud enough, but a freshly initialised one at width 128 gives image
+    tokens that are ~99% position table: the understanding expert then sees where a patch is, hardly what it shows,
+    and learns only about one bit of colour (warm vs cool) in hundreds of steps. Returns the factor applied.
+    """
+    images = [
+        render(random_train_spec(rng), size=SHAPES_IMAGE_SIZE, seed=rng.randrange(2**31)) for _ in range(num_images)
+    ]
+    tokens = torch.cat(model.embed_images_for_understanding([model.understanding_pixels(im) for im in images]))
+    grid = model.config.vit_max_num_patch_per_side
+    positions = model.vit_pos_embed(torch.arange(grid * grid))
+    content = tokens - positions.repeat(num_images, 1)
+    factor = (positions.pow(2).mean().sqrt() / content.pow(2).mean().sqrt()).item()
+    model.connector.fc2.weight.mul_(factor)
+    model.connector.fc2.bias.mul_(factor)
+    return factor
+
+
 # ------------------------------------------------------------------------------------------------------ the data
 def random_train_spec(rng: random.Random) -> dict:
     category = rng.choice(CATEGORIES)
@@ -186,7 +226,12 @@ class OwnImages:
                 **SHAPES_SAMPLING,
             )
         model.train()
-        self.scenes = (self.scenes + [Scene(g.image, s) for g, s in zip(generated, specs)])[-self.capacity :]
+        # Labelled by what each image shows, not by its prompt: a weak generator's samples nearly all miss their
+        # prompts, and asked about the prompt the judge learns to answer "no" to everything.
+        np_rng = np.random.default_rng(rng.randrange(2**31))
+        shown = [shown_spec(detect(g.image), np_rng) for g in generated]
+        fresh = [Scene(g.image, spec) for g, spec in zip(generated, shown) if spec is not None]
+        self.scenes = (self.scenes + fresh)[-self.capacity :]
 
 
 def understanding_scene(rng: random.Random, model: BagelModel, own: OwnImages, use_own: bool) -> Scene:
@@ -314,6 +359,13 @@ def train_vae(model: BagelModel, steps: int, rng: random.Random) -> dict:
 def train_joint(model: BagelModel, args: argparse.Namespace, rng: random.Random) -> dict:
     model.train()
     model.vae.requires_grad_(False)
+    if args.understanding_only:
+        generation_side = set(model.generation_parameter_names())
+        for name, parameter in model.named_parameters():
+            understanding = name.startswith(("vit_model.", "connector.", "language_model.lm_head.")) or (
+                name.startswith("language_model.model.layers.") and name not in generation_side
+            )
+            parameter.requires_grad_(understanding)
     parameters = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("vae.")]
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
     # An exponential moving average of the weights draws much cleaner shapes than the last iterate (as in BAGEL's
@@ -411,6 +463,8 @@ def main() -> None:
         else:
             report.update(train_vae(model, args.vae_steps, rng))
     report["vae_minutes"] = (time.perf_counter() - started) / 60
+    if args.match_connector_scale:
+        report["connector_scale"] = match_connector_scale(model, rng)
     if args.steps:
         report.update(train_joint(model, args, rng))
         report["train_minutes"] = (time.perf_counter() - started) / 60

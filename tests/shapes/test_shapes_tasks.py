@@ -1,18 +1,27 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from trl_srum.judge import parse_boxes, parse_global_score, parse_region_scores
 from trl_srum.models.bagel.tiny import tiny_bagel_model
 from trl_srum.shapes import alter, describe, detect, is_heldout, parse_prompt, render, render_scene, sample_specs
-from trl_srum.shapes.evaluation import evaluation_specs, generation_accuracy, understanding_accuracy
-from trl_srum.shapes.oracle import Detection, evaluate
+from trl_srum.shapes.evaluation import (
+    evaluation_specs,
+    generation_accuracy,
+    ranking_auc,
+    understanding_accuracy,
+    vqa_accuracy,
+)
+from trl_srum.shapes.oracle import Detection, Reading, evaluate
 from trl_srum.shapes.tasks import (
     TASK_KINDS,
     detection_at,
     global_score_label,
+    oracle_judgement,
     region_score_label,
     scene_questions,
+    shown_spec,
 )
 
 
@@ -82,6 +91,43 @@ def test_scene_questions_are_labelled_by_what_the_image_shows():
         assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= 2
 
 
+def test_shown_spec_reads_back_what_was_drawn():
+    rng = np.random.default_rng(0)
+    for category in ("single_object", "counting", "colour_binding", "position"):
+        for spec in sample_specs(category, 4, seed=3):
+            reading = detect(render(spec, size=64, seed=1))
+            shown = shown_spec(reading, rng)
+            assert shown is not None
+            # Whatever relation it names holds, and the image is correct for it (so "yes" is a true label).
+            assert evaluate(render(spec, size=64, seed=1), shown)["correct"]
+            assert sorted((o["color"], o["shape"], o["count"]) for o in shown["objects"]) == sorted(
+                (o["color"], o["shape"], o["count"]) for o in spec["objects"]
+            )
+
+
+def test_shown_spec_gives_up_on_what_no_spec_can_say():
+    rng = np.random.default_rng(0)
+    assert shown_spec(detect(Image.new("RGB", (64, 64), (0, 0, 0))), rng) is None  # wrong background
+    blank = render({"objects": [{"shape": "circle", "color": "red", "count": 1}], "relation": None}, size=64, seed=0)
+    empty = Image.new("RGB", blank.size, blank.getpixel((0, 0)))
+    assert shown_spec(detect(empty), rng) is None  # nothing drawn
+    unknown = Reading(True, (Detection("red", "unknown", (0, 0, 9, 9), 60),))
+    assert shown_spec(unknown, rng) is None
+    five = Reading(True, tuple(Detection("red", "circle", (10 * i, 0, 10 * i + 8, 8), 50) for i in range(5)))
+    assert shown_spec(five, rng) is None  # counts stop at four
+
+
+def test_oracle_judgement_scores_like_the_taught_labels():
+    image, objects = render_scene(SPEC, size=64, seed=5)
+    boxes = [o["box"] for o in objects] + [[0, 0, 4, 4]]
+    global_score, region_scores = oracle_judgement(image, SPEC, boxes)
+    assert global_score == 1.0
+    assert region_scores == [1.0] * len(objects) + [0.0]  # prompt objects, then background
+    swapped = alter(SPEC, "swap_colors", 0)
+    global_score, region_scores = oracle_judgement(image, swapped, boxes[:1])
+    assert global_score < 0 and region_scores[0] < 1.0
+
+
 def test_detection_at_needs_a_tight_box():
     image = render(SPEC, size=64, seed=5)
     reading = detect(image)
@@ -125,3 +171,28 @@ def test_evaluation_specs_come_from_the_held_out_split_only():
     assert len(specs["single_object"]) == 4  # only four held-out single objects exist
     assert len(specs["two_objects"]) == 8 and len(specs["complex"]) == 10
     assert all(is_heldout(spec) for group in specs.values() for spec in group)
+
+
+class AlwaysYes:
+    """A judge that never looks: every answer is "yes"."""
+
+    def answer_questions(self, images, questions, **kwargs):
+        return ["yes"] * len(questions)
+
+
+def test_vqa_probe_scores_a_blind_judge_at_or_below_the_majority_answer():
+    images = [render(spec, size=64, seed=i) for i, spec in enumerate(sample_specs("position", 12, seed=0))]
+    table = vqa_accuracy(AlwaysYes(), images)
+    assert set(table) <= {"exists", "count", "color", "relation"} and {"exists", "relation"} <= set(table)
+    assert all(row["accuracy"] <= row["majority"] + 1e-9 for row in table.values())
+    # "yes" is right exactly as often as the label is yes; the majority is the larger of yes and no.
+    exists = table["exists"]
+    assert exists["majority"] == pytest.approx(max(exists["accuracy"], 1 - exists["accuracy"]))
+    assert table["count"]["accuracy"] == 0.0  # counts are digits
+
+
+def test_ranking_auc():
+    assert ranking_auc([3, 2, 1, 0], [True, True, False, False]) == 1.0
+    assert ranking_auc([0, 1, 2, 3], [True, True, False, False]) == 0.0
+    assert ranking_auc([1, 1, 1, 1], [True, False, True, False]) == 0.5
+    assert np.isnan(ranking_auc([1, 2], [True, True]))

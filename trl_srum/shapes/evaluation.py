@@ -19,10 +19,11 @@ from tqdm.auto import tqdm
 from trl_srum.judge import prompts as judge_prompts
 from trl_srum.protocol import UnifiedModel
 from trl_srum.shapes.augment import ALTERATIONS, alter, perturb
-from trl_srum.shapes.oracle import accuracy_table, evaluate
+from trl_srum.shapes.oracle import accuracy_table, detect, evaluate
 from trl_srum.shapes.render import render
 from trl_srum.shapes.spec import describe
 from trl_srum.shapes.splits import CATEGORIES, all_specs, sample_specs
+from trl_srum.shapes.tasks import vqa_questions
 
 
 @dataclass
@@ -111,3 +112,40 @@ def understanding_accuracy(
         says_yes = (log_probs[:, 0] > log_probs[:, 1]).tolist()
         hits += [says_yes[0], not says_yes[1]]
     return float(np.mean(hits)) if hits else float("nan")
+
+
+@torch.no_grad()
+def vqa_accuracy(
+    model: UnifiedModel, images: Sequence[Image.Image], *, seed: int = 0, batch_size: int = 64
+) -> dict[str, dict[str, float]]:
+    """Plain VQA questions about each image (`tasks.vqa_questions`, labelled by the oracle), answered greedily.
+
+    Returns, per question kind, `accuracy` and `majority` (the accuracy of always giving that kind's most frequent
+    answer): a model that does not look at the images scores its majority, not zero.
+    """
+    rng = np.random.default_rng(seed)
+    asked = [(image, labelled) for image in images for labelled in vqa_questions(detect(image), rng)]
+    answers: list[str] = []
+    for start in tqdm(range(0, len(asked), batch_size), desc="VQA probe", unit="batch"):
+        batch = asked[start : start + batch_size]
+        answers += model.answer_questions([i for i, _ in batch], [q.question for _, q in batch], max_new_tokens=4)
+    table = {}
+    for kind in sorted({q.kind for _, q in asked}):
+        pairs = [(q.answer, a.strip()) for (_, q), a in zip(asked, answers, strict=True) if q.kind == kind]
+        labels = [label for label, _ in pairs]
+        table[kind] = {
+            "accuracy": float(np.mean([label == answer for label, answer in pairs])),
+            "majority": max(labels.count(label) for label in set(labels)) / len(labels),
+            "questions": len(pairs),
+        }
+    return table
+
+
+def ranking_auc(scores: Sequence[float], correct: Sequence[bool]) -> float:
+    """Probability that a correct image scores above a wrong one (ties count half); NaN without both kinds."""
+    scores_array, labels = np.asarray(scores, dtype=float), np.asarray(correct, dtype=bool)
+    right, wrong = scores_array[labels], scores_array[~labels]
+    if not len(right) or not len(wrong):
+        return float("nan")
+    above = (right[:, None] > wrong[None, :]).mean() + 0.5 * (right[:, None] == wrong[None, :]).mean()
+    return float(above)

@@ -34,8 +34,17 @@ import numpy as np
 
 from trl_srum.judge import prompts as judge_prompts
 from trl_srum.shapes.geometry import relations, union_box
-from trl_srum.shapes.oracle import Detection, Reading, judge
-from trl_srum.shapes.spec import COLORS, RELATIONS, SHAPES, describe, relation_phrase, validate_spec
+from trl_srum.shapes.oracle import Detection, Reading, detect, judge
+from trl_srum.shapes.spec import (
+    COLORS,
+    MAX_INSTANCES,
+    MAX_OBJECTS,
+    RELATIONS,
+    SHAPES,
+    describe,
+    relation_phrase,
+    validate_spec,
+)
 
 
 STYLE = "concise"
@@ -92,6 +101,20 @@ def region_score_label(detection: Detection | None, spec: Mapping[str, Any]) -> 
     if any(obj["color"] == detection.color or obj["shape"] == detection.shape for obj in objects):
         return -0.5
     return -1.0
+
+
+def oracle_judgement(
+    image: Any, spec: Mapping[str, Any], boxes: Sequence[Sequence[float]]
+) -> tuple[float, list[float]]:
+    """The scores a perfect self-judge would give: the labels the tiny judge is pretrained on, read from the image.
+
+    Returns the global score (`global_score_label`) and one `region_score_label` per box. Used only to measure how
+    far SRUM could go with perfect rewards; stages 1 and 2 never call the oracle.
+    """
+    reading = detect(image)
+    return global_score_label(judge(reading, spec)), [
+        region_score_label(detection_at(b, reading), spec) for b in boxes
+    ]
 
 
 def detection_at(box: Sequence[float], reading: Reading) -> Detection | None:
@@ -170,6 +193,34 @@ def scene_questions(
         )
     )
     return questions + vqa_questions(reading, rng)
+
+
+def shown_spec(reading: Reading, rng: np.random.Generator) -> dict[str, Any] | None:
+    """The spec an image shows, as the oracle reads it, or None when no spec can say it (wrong background, an unknown
+    colour or shape, more objects or instances than a spec holds, more than four of one kind).
+
+    This is how the model's own samples are labelled for the judge: asked about what they show (yes) and about
+    alterations of it (no), the answers stay balanced even when nearly every sample misses its prompt. When two single
+    objects stand in some relation, the spec names one of the relations that hold, chosen by `rng`, or none.
+    """
+    if not reading.background_ok or not reading.detections:
+        return None
+    instances: dict[tuple[str, str], list[Detection]] = {}
+    for det in reading.detections:
+        if det.color not in COLORS or det.shape not in SHAPES:
+            return None
+        instances.setdefault((det.color, det.shape), []).append(det)
+    counts = [len(group) for group in instances.values()]
+    if len(instances) > MAX_OBJECTS or max(counts) > 4 or sum(counts) > MAX_INSTANCES:
+        return None
+    objects = [{"shape": shape, "color": color, "count": len(group)} for (color, shape), group in instances.items()]
+    relation = None
+    if len(objects) == 2 and all(obj["count"] == 1 for obj in objects):
+        held = sorted(relations(*(union_box(det.box for det in group) for group in instances.values())))
+        choice = int(rng.integers(len(held) + 1))  # len(held): no relation
+        if choice < len(held):
+            relation = {"type": held[choice], "a": 0, "b": 1}
+    return validate_spec({"objects": objects, "relation": relation})
 
 
 def _atom(color: str, shape: str) -> str:

@@ -1,0 +1,28 @@
+import random
+import sys
+
+import torch
+
+from ..helpers import REPO_ROOT
+
+
+sys.path.insert(0, str(REPO_ROOT / "recipes" / "shapes"))
+import pretrain  # noqa: E402
+
+
+def _content_to_position_ratio(model) -> float:
+    image = pretrain.render(pretrain.random_train_spec(random.Random(1)), size=pretrain.SHAPES_IMAGE_SIZE, seed=1)
+    tokens = model.embed_images_for_understanding([model.understanding_pixels(image)])[0]
+    grid = model.config.vit_max_num_patch_per_side
+    positions = model.vit_pos_embed(torch.arange(grid * grid))
+    return ((tokens - positions).pow(2).mean() / positions.pow(2).mean()).sqrt().item()
+
+
+@torch.no_grad()
+def test_matching_the_connector_scale_makes_image_content_as_loud_as_positions():
+    model = pretrain.build_model(seed=0, llm_hidden=32, llm_layers=1, vit_hidden=16, vit_layers=1)
+    # A fresh tiny connector whispers under the sin-cos table: the images are all but invisible to the LLM.
+    assert _content_to_position_ratio(model) < 0.2
+    factor = pretrain.match_connector_scale(model, random.Random(0))
+    assert factor > 5
+    assert 0.5 < _content_to_position_ratio(model) < 2.0
