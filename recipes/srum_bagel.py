@@ -28,7 +28,7 @@ from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_qu
 
 from trl_srum import SRUMConfig, SRUMTrainer
 from trl_srum.models import load_unified_model
-from trl_srum.rollout import RolloutConfig, load_prompts, resolve_prompts, run_rollouts
+from trl_srum.rollout import RolloutConfig, config_prompts, load_prompts, run_rollouts
 from trl_srum.rollout.gallery import image_grid
 
 
@@ -147,12 +147,7 @@ def main(default_config: Path | None = DEFAULT_CONFIG) -> None:
     # ---- stage 1 and stage 2, possibly in rounds
     prompts = None
     if script_args.rollout_dataset is None:
-        prompts = resolve_prompts(
-            rollout_config.prompts_file,
-            rollout_config.shapes_prompts,
-            rollout_config.rollout_seed,
-            rollout_config.num_prompts,
-        )
+        prompts = config_prompts(rollout_config)
     base_rollout_dir = Path(rollout_config.rollout_dir)
     for round_index in range(script_args.num_rounds):
         if script_args.rollout_dataset is not None:

@@ -25,7 +25,7 @@ def _log_progress() -> None:
 
 def _rollout(argv: list[str]) -> None:
     from .models import load_unified_model
-    from .rollout import RolloutConfig, resolve_prompts, run_rollouts
+    from .rollout import RolloutConfig, config_prompts, run_rollouts
     from .rollout.runner import rollout_state
 
     parser = TrlParser((RolloutConfig, ModelConfig), prog="trl-srum rollout")
@@ -43,12 +43,7 @@ def _rollout(argv: list[str]) -> None:
         model_args.model_name_or_path = str(DEFAULT_MODEL_DIR)
         logging.getLogger("trl_srum").info(f"no model named: using the shipped shapes-world model {DEFAULT_MODEL_DIR}")
     # A bad prompt file fails here, before the model is loaded.
-    prompts = resolve_prompts(
-        rollout_config.prompts_file,
-        rollout_config.shapes_prompts,
-        rollout_config.rollout_seed,
-        rollout_config.num_prompts,
-    )
+    prompts = config_prompts(rollout_config)
     state = rollout_state()
     quantization_config = get_quantization_config(model_args)
     model = load_unified_model(

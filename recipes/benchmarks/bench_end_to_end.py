@@ -22,7 +22,7 @@ from srum_bagel import evaluate_shapes, parse_arguments  # noqa: E402
 
 from trl_srum import SRUMTrainer  # noqa: E402
 from trl_srum.models import load_unified_model  # noqa: E402
-from trl_srum.rollout import resolve_prompts  # noqa: E402
+from trl_srum.rollout import config_prompts  # noqa: E402
 from trl_srum.rollout.runner import RolloutRunner  # noqa: E402
 from trl_srum.shapes.pretrained import DEFAULT_MODEL_DIR  # noqa: E402
 
@@ -43,12 +43,7 @@ def main() -> None:
     evaluate_shapes(model, script_args, rollout_config, "base")
     seconds["evaluation before"] = time.perf_counter() - started
 
-    prompts = resolve_prompts(
-        rollout_config.prompts_file,
-        rollout_config.shapes_prompts,
-        rollout_config.rollout_seed,
-        rollout_config.num_prompts,
-    )
+    prompts = config_prompts(rollout_config)
     runner = RolloutRunner(model, rollout_config)
     started = time.perf_counter()
     dataset = runner.run(prompts)

@@ -36,7 +36,7 @@ from srum_bagel import evaluate_shapes, parse_arguments  # noqa: E402
 
 from trl_srum import SRUMTrainer  # noqa: E402
 from trl_srum.models import load_unified_model  # noqa: E402
-from trl_srum.rollout import resolve_prompts, run_rollouts  # noqa: E402
+from trl_srum.rollout import config_prompts, run_rollouts  # noqa: E402
 from trl_srum.shapes import parse_prompt  # noqa: E402
 from trl_srum.shapes.pretrained import DEFAULT_MODEL_DIR  # noqa: E402
 from trl_srum.shapes.tasks import oracle_judgement  # noqa: E402
@@ -139,8 +139,7 @@ def draw_rollouts(model, base_config, seed: int, judge_mode: str, output: Path) 
     rollout_config.rollout_seed = seed
     rollout_config.judge_mode = judge_mode
     rollout_config.rollout_dir = str(output / f"seed-{seed}" / f"rollouts-{judge_mode}")
-    prompts = resolve_prompts(None, rollout_config.shapes_prompts, seed, rollout_config.num_prompts)
-    return run_rollouts(model, prompts, rollout_config)
+    return run_rollouts(model, config_prompts(rollout_config), rollout_config)
 
 
 def rescored_by_oracle(rollouts: Dataset) -> Dataset:

@@ -19,7 +19,7 @@ import yaml
 from trl_srum.cli import main as cli_main
 from trl_srum.models import load_unified_model
 from trl_srum.models.bagel.tiny import tiny_bagel_model
-from trl_srum.rollout import RolloutConfig, resolve_prompts, run_rollouts
+from trl_srum.rollout import RolloutConfig, config_prompts, run_rollouts
 
 from ..helpers import REPO_ROOT, free_port, script_env
 from .utils import assert_same_rows
@@ -78,7 +78,7 @@ def uninterrupted(root: Path, name: str, **stage1):
     """The reference: one process, never interrupted, the model loaded as the command line loads it."""
     model = load_unified_model(root / "model", dtype="float32").eval()
     config = RolloutConfig(rollout_dir=str(root / name), prompts_file=str(root / "prompts.txt"), **stage1)
-    prompts = resolve_prompts(config.prompts_file, config.shapes_prompts, config.rollout_seed, config.num_prompts)
+    prompts = config_prompts(config)
     return run_rollouts(model, prompts, config)
 
 

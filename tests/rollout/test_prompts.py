@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trl_srum.rollout import load_prompts, resolve_prompts
+from trl_srum.rollout import RolloutConfig, config_prompts, load_prompts, resolve_prompts
 from trl_srum.rollout.prompts import PromptRecord
 
 
@@ -99,3 +99,12 @@ def test_prompts_must_come_from_exactly_one_place(tmp_path):
     shapes = resolve_prompts(None, 2, 0, None)
     assert len(shapes) == 2 * len({record.category for record in shapes}) and all(r.prompt for r in shapes)
     assert shapes == resolve_prompts(None, 2, 0, None)  # seeded
+
+
+def test_a_rollout_config_names_its_prompts(tmp_path):
+    (tmp_path / "p.txt").write_text("a red circle\ntwo blue squares\na green triangle\n")
+    from_file = RolloutConfig(prompts_file=str(tmp_path / "p.txt"), num_prompts=2, proposer="components")
+    assert [r.prompt for r in config_prompts(from_file)] == ["a red circle", "two blue squares"]
+    shapes = RolloutConfig(shapes_prompts=2, rollout_seed=3, proposer="components")
+    assert config_prompts(shapes) == resolve_prompts(None, 2, 3, None)
+    assert config_prompts(shapes) != resolve_prompts(None, 2, 4, None)

@@ -3,6 +3,11 @@
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+
+if TYPE_CHECKING:
+    from .config import RolloutConfig
 
 
 @dataclass(frozen=True)
@@ -96,3 +101,8 @@ def resolve_prompts(
     else:
         raise ValueError("stage 1 needs prompts: set prompts_file or shapes_prompts")
     return records[:limit] if limit is not None else records
+
+
+def config_prompts(config: "RolloutConfig") -> list[PromptRecord]:
+    """The prompts a `RolloutConfig` names: its prompt file or its shapes-world prompts (see `resolve_prompts`)."""
+    return resolve_prompts(config.prompts_file, config.shapes_prompts, config.rollout_seed, config.num_prompts)
