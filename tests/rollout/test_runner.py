@@ -215,6 +215,11 @@ def test_a_rerun_reuses_the_shards_and_other_settings_are_refused(tmp_path, mode
         run_rollouts(model, prompts[:2], config)
     with pytest.raises(ValueError, match="rollout_batch_size"):
         run_rollouts(model, prompts, rollout_config(tmp_path / "run", rollout_batch_size=3))
+    # Another checkpoint of the same architecture (or this one after training) must not extend these rollouts...
+    with pytest.raises(ValueError, match="model_weights"):
+        run_rollouts(tiny_bagel_model(seed=1), prompts, config)
+    # ...while the same weights in a fresh object resume.
+    assert_same_rows(run_rollouts(tiny_bagel_model(seed=0), prompts, config), first)
     (tmp_path / "run" / "rollout_manifest.json").unlink()
     with pytest.raises(ValueError, match="holds shards but no rollout_manifest.json"):
         run_rollouts(model, prompts, config)
