@@ -37,6 +37,7 @@ from trl_srum.shapes.geometry import relations, union_box
 from trl_srum.shapes.oracle import Detection, Reading, detect, judge
 from trl_srum.shapes.spec import (
     COLORS,
+    MAX_COUNT,
     MAX_INSTANCES,
     MAX_OBJECTS,
     RELATIONS,
@@ -197,7 +198,7 @@ def scene_questions(
 
 def shown_spec(reading: Reading, rng: np.random.Generator) -> dict[str, Any] | None:
     """The spec an image shows, as the oracle reads it, or None when no spec can say it (wrong background, an unknown
-    colour or shape, more objects or instances than a spec holds, more than four of one kind).
+    colour or shape, more objects, instances or copies of one kind than a spec holds).
 
     This is how the model's own samples are labelled for the judge: asked about what they show (yes) and about
     alterations of it (no), the answers stay balanced even when nearly every sample misses its prompt. When two single
@@ -211,7 +212,7 @@ def shown_spec(reading: Reading, rng: np.random.Generator) -> dict[str, Any] | N
             return None
         instances.setdefault((det.color, det.shape), []).append(det)
     counts = [len(group) for group in instances.values()]
-    if len(instances) > MAX_OBJECTS or max(counts) > 4 or sum(counts) > MAX_INSTANCES:
+    if len(instances) > MAX_OBJECTS or max(counts) > MAX_COUNT or sum(counts) > MAX_INSTANCES:
         return None
     objects = [{"shape": shape, "color": color, "count": len(group)} for (color, shape), group in instances.items()]
     relation = None
