@@ -65,6 +65,16 @@ VARIANTS: dict[str, tuple[dict, str, int | None]] = {
         "oracle",
         None,
     ),
+    # The paper's signed map repels wrong regions; with exact rewards that is the one form in which the blur common to
+    # right and wrong samples can cancel instead of being learned.
+    "oracle rewards: SRUM (signed map)": ({"reward_map_mode": "signed"}, "oracle", None),
+    "oracle rewards: SRUM (signed map), reference constraint": (
+        {"reward_map_mode": "signed", "constraint": "reference"},
+        "oracle",
+        None,
+    ),
+    # Layout is decided at high noise, the blur of the samples is learned at low noise.
+    "oracle rewards: SRUM (official map), t ≥ 0.8 only": ({"timestep_min": 0.8}, "oracle", None),
     "self-SFT, lr 2e-5": (
         {"use_global_reward": False, "use_local_rewards": False, "learning_rate": 2e-5},
         "text",

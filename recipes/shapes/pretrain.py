@@ -31,7 +31,7 @@ added to, and it answers the VQA questions with their most frequent answer (docs
 `--match_connector_scale`; to retrain the judge of an existing model without touching its generation expert:
 
     python recipes/shapes/pretrain.py --output_dir runs/judge --init_from trl_srum/assets/shapes_bagel \
-        --match_connector_scale --understanding_only --own_images_from 0 --steps 1000 \
+        --match_connector_scale --train understanding --own_images_from 0 --steps 1000 \
         --understanding_batch 12 --generation_batch 16 --generation_every 1 --lr 5e-4 --ema 0 --threads 1
 """
 
@@ -86,10 +86,12 @@ def parse_args() -> argparse.Namespace:
         "what the oracle reads in them (1: never)",
     )
     parser.add_argument(
-        "--understanding_only",
-        action="store_true",
-        help="train only what generation does not use alone (ViT, connector, LM head, the LLM's understanding "
-        "expert); the generation loss still runs, so the prompt encoding the generation expert reads stays in place",
+        "--train",
+        choices=["all", "understanding", "generation"],
+        default="all",
+        help="which side's parameters learn. understanding: the ViT, connector, LM head and the LLM's understanding "
+        "expert (the generation loss still runs, so the prompt encoding the generation expert reads stays in place); "
+        "generation: the generation expert and flow adapters only, so the judge is exactly unchanged",
     )
     parser.add_argument(
         "--match_connector_scale",
@@ -356,16 +358,20 @@ def train_vae(model: BagelModel, steps: int, rng: random.Random) -> dict:
     return {"vae_final_loss": loss.item(), "latent_shift": shift, "latent_scale": scale}
 
 
+def select_trainable(model: BagelModel, side: str) -> None:
+    """Let `side` ("all", "understanding" or "generation") learn; the VAE never does here."""
+    generation_side = set(model.generation_parameter_names())
+    for name, parameter in model.named_parameters():
+        understanding = name.startswith(("vit_model.", "connector.", "language_model.lm_head.")) or (
+            name.startswith("language_model.model.layers.") and name not in generation_side
+        )
+        trainable = {"all": True, "understanding": understanding, "generation": name in generation_side}[side]
+        parameter.requires_grad_(trainable and not name.startswith("vae."))
+
+
 def train_joint(model: BagelModel, args: argparse.Namespace, rng: random.Random) -> dict:
     model.train()
-    model.vae.requires_grad_(False)
-    if args.understanding_only:
-        generation_side = set(model.generation_parameter_names())
-        for name, parameter in model.named_parameters():
-            understanding = name.startswith(("vit_model.", "connector.", "language_model.lm_head.")) or (
-                name.startswith("language_model.model.layers.") and name not in generation_side
-            )
-            parameter.requires_grad_(understanding)
+    select_trainable(model, args.train)
     parameters = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("vae.")]
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
     # An exponential moving average of the weights draws much cleaner shapes than the last iterate (as in BAGEL's
@@ -406,11 +412,8 @@ def train_joint(model: BagelModel, args: argparse.Namespace, rng: random.Random)
                 progress.write(f"step {step + 1}: {json.dumps(held_out_accuracies(model, args, quick=True))}")
             model.train()
         if step % 20 == 0:
-            progress.set_postfix(
-                und=f"{np.mean(history['understanding_loss'][-20:]):.3f}",
-                tok=f"{np.mean(history['understanding_token_accuracy'][-20:]):.3f}",
-                gen=f"{np.mean(history['generation_loss'][-10:]):.3f}",
-            )
+            shown = {"und": "understanding_loss", "tok": "understanding_token_accuracy", "gen": "generation_loss"}
+            progress.set_postfix({k: f"{np.mean(history[key][-20:]):.3f}" for k, key in shown.items() if history[key]})
     with torch.no_grad():
         torch._foreach_copy_(parameters, average)
     return {key: float(np.mean(values[-100:])) for key, values in history.items() if values}

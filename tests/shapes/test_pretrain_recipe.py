@@ -26,3 +26,18 @@ def test_matching_the_connector_scale_makes_image_content_as_loud_as_positions()
     factor = pretrain.match_connector_scale(model, random.Random(0))
     assert factor > 5
     assert 0.5 < _content_to_position_ratio(model) < 2.0
+
+
+def test_training_one_side_leaves_the_other_untouched():
+    model = pretrain.build_model(seed=0, llm_hidden=32, llm_layers=1, vit_hidden=16, vit_layers=1)
+    generation_side = set(model.generation_parameter_names())
+    pretrain.select_trainable(model, "generation")
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == generation_side
+    pretrain.select_trainable(model, "understanding")
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert not trainable & generation_side
+    assert any(name.startswith("vit_model.") for name in trainable)
+    assert any(name.startswith("connector.") for name in trainable)
+    pretrain.select_trainable(model, "all")
+    assert all(p.requires_grad != name.startswith("vae.") for name, p in model.named_parameters())
