@@ -6,7 +6,8 @@ For every seed it draws one set of rollouts (stage 1 with the recipe's settings;
 training noise and the evaluation's sampling seeds), trains every variant on those same rollouts from the same base
 model, and evaluates each on the held-out prompts with the same sampling seeds, so all numbers of one seed are paired.
 The `prob` variant re-judges the same candidates with the token-probability judge; the "oracle rewards" variants
-rescore the `text` rollouts with the oracle (upper bounds, not self-rewarding). Each seed writes
+rescore the `text` rollouts with the oracle (upper bounds, not self-rewarding); the "clean renders" control swaps
+every image for a render of its prompt (does the model improve at all when fine-tuned on perfect data?). Each seed writes
 `<output_dir>/results-seed<N>.json`, so seeds can run as separate processes into one folder (one core each):
 
     OMP_NUM_THREADS=1 python recipes/shapes/experiments.py --seeds 0 --threads 1 &
@@ -37,7 +38,7 @@ from srum_bagel import evaluate_shapes, parse_arguments  # noqa: E402
 from trl_srum import SRUMTrainer  # noqa: E402
 from trl_srum.models import load_unified_model  # noqa: E402
 from trl_srum.rollout import config_prompts, run_rollouts  # noqa: E402
-from trl_srum.shapes import parse_prompt  # noqa: E402
+from trl_srum.shapes import parse_prompt, render  # noqa: E402
 from trl_srum.shapes.pretrained import DEFAULT_MODEL_DIR  # noqa: E402
 from trl_srum.shapes.tasks import oracle_judgement  # noqa: E402
 
@@ -75,6 +76,13 @@ VARIANTS: dict[str, tuple[dict, str, int | None]] = {
     ),
     # Layout is decided at high noise, the blur of the samples is learned at low noise.
     "oracle rewards: SRUM (official map), t ≥ 0.8 only": ({"timestep_min": 0.8}, "oracle", None),
+    # Not self-rewarding either: the same prompts and budget on clean renders. Whether a model has headroom at all —
+    # if perfect data for these prompts does not raise its accuracy, no choice among its own samples will.
+    "control: clean renders, uniform weights": (
+        {"use_global_reward": False, "use_local_rewards": False},
+        "renders",
+        None,
+    ),
     "self-SFT, lr 2e-5": (
         {"use_global_reward": False, "use_local_rewards": False, "learning_rate": 2e-5},
         "text",
@@ -116,10 +124,10 @@ def main() -> None:
         rollouts = {}
         for name in own.variants:
             overrides, judge_mode, lora_rank = VARIANTS[name]
-            if judge_mode == "oracle" and "oracle" not in rollouts:
+            if judge_mode in DERIVED_FROM_TEXT and judge_mode not in rollouts:
                 if "text" not in rollouts:
                     rollouts["text"] = draw_rollouts(base, base_rollout_config, seed, "text", output)
-                rollouts["oracle"] = rescored_by_oracle(rollouts["text"])
+                rollouts[judge_mode] = DERIVED_FROM_TEXT[judge_mode](rollouts["text"], base)
             if judge_mode not in rollouts:
                 rollouts[judge_mode] = draw_rollouts(base, base_rollout_config, seed, judge_mode, output)
             training_args = copy.deepcopy(base_training_args)
@@ -152,7 +160,7 @@ def draw_rollouts(model, base_config, seed: int, judge_mode: str, output: Path) 
     return run_rollouts(model, config_prompts(rollout_config), rollout_config)
 
 
-def rescored_by_oracle(rollouts: Dataset) -> Dataset:
+def rescored_by_oracle(rollouts: Dataset, model) -> Dataset:
     """The same images and regions, with the judge's scores replaced by the oracle's (`oracle_judgement`)."""
 
     def rescore(row: dict) -> dict:
@@ -162,6 +170,20 @@ def rescored_by_oracle(rollouts: Dataset) -> Dataset:
         return {"global_score": global_score, "regions": regions}
 
     return rollouts.map(rescore, desc="oracle scores")
+
+
+def replaced_by_renders(rollouts: Dataset, model) -> Dataset:
+    """The same rows with each image and its latents replaced by a clean render of the row's prompt."""
+
+    def rerender(row: dict) -> dict:
+        image = render(parse_prompt(row["prompt"]), size=row["image"].width, seed=row["seed"])
+        return {"image": image, "latents": model.encode_images([image])[0].tolist()}
+
+    return rollouts.map(rerender, desc="clean renders")
+
+
+# Rollout sets computed from the `text` rollouts of the same seed rather than drawn: judge mode -> (rollouts, model).
+DERIVED_FROM_TEXT = {"oracle": rescored_by_oracle, "renders": replaced_by_renders}
 
 
 def print_table(output: Path) -> None:

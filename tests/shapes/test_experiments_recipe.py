@@ -1,0 +1,37 @@
+import sys
+
+import numpy as np
+import torch
+from datasets import Dataset
+
+from trl_srum.rollout import ROLLOUT_FEATURES
+from trl_srum.shapes import describe, evaluate, render, sample_specs
+from trl_srum.shapes.pretrained import SHAPES_IMAGE_SIZE, load_shapes_model
+
+from ..helpers import REPO_ROOT, tiny_rollout_rows
+
+
+sys.path.insert(0, str(REPO_ROOT / "recipes" / "shapes"))
+import experiments  # noqa: E402
+
+
+def _shapes_rollouts(model) -> tuple[Dataset, list[dict]]:
+    specs = sample_specs("colour_binding", 2, seed=0) + sample_specs("position", 1, seed=0)
+    rows = tiny_rollout_rows(model, len(specs), image_size=(SHAPES_IMAGE_SIZE, SHAPES_IMAGE_SIZE))
+    for row, spec in zip(rows, specs, strict=True):
+        row["prompt"] = describe(spec)
+    return Dataset.from_list(rows, features=ROLLOUT_FEATURES), specs
+
+
+def test_clean_renders_control_swaps_images_and_latents_for_renders_of_the_prompt():
+    model = load_shapes_model()
+    rollouts, specs = _shapes_rollouts(model)
+    renders = experiments.replaced_by_renders(rollouts, model)
+    for row, spec, original in zip(renders, specs, rollouts, strict=True):
+        expected = render(spec, size=SHAPES_IMAGE_SIZE, seed=original["seed"])
+        assert np.array_equal(np.asarray(row["image"]), np.asarray(expected))
+        assert evaluate(row["image"], spec)["correct"]
+        torch.testing.assert_close(torch.tensor(row["latents"]), model.encode_images([expected])[0])
+        assert row["regions"] == original["regions"] and row["prompt"] == original["prompt"]
+    # The oracle accepts every render, so its rescoring of them is all +1.
+    assert experiments.rescored_by_oracle(renders, model)["global_score"] == [1.0] * len(specs)
