@@ -7,8 +7,8 @@ training noise and the evaluation's sampling seeds), trains every variant on tho
 model, and evaluates each on the held-out prompts with the same sampling seeds, so all numbers of one seed are paired.
 The `prob` variant re-judges the same candidates with the token-probability judge; the "oracle rewards" variants
 rescore the `text` rollouts with the oracle (upper bounds, not self-rewarding); the "clean renders" control swaps
-every image for a render of its prompt (does the model improve at all when fine-tuned on perfect data?). Each seed writes
-`<output_dir>/results-seed<N>.json`, so seeds can run as separate processes into one folder (one core each):
+every image for a render of its prompt (does the model improve at all when fine-tuned on perfect data?). Each seed
+writes `<output_dir>/results-seed<N>.json`, so seeds can run as separate processes into one folder (one core each):
 
     OMP_NUM_THREADS=1 python recipes/shapes/experiments.py --seeds 0 --threads 1 &
     OMP_NUM_THREADS=1 python recipes/shapes/experiments.py --seeds 1 2 --threads 1
@@ -66,8 +66,8 @@ VARIANTS: dict[str, tuple[dict, str, int | None]] = {
         "oracle",
         None,
     ),
-    # The paper's signed map repels wrong regions; with exact rewards that is the one form in which the blur common to
-    # right and wrong samples can cancel instead of being learned.
+    # The paper's signed map repels wrong regions: with exact rewards, the one form in which the blur common to right
+    # and wrong samples could cancel instead of being learned (it did not; docs/results.md).
     "oracle rewards: SRUM (signed map)": ({"reward_map_mode": "signed"}, "oracle", None),
     "oracle rewards: SRUM (signed map), reference constraint": (
         {"reward_map_mode": "signed", "constraint": "reference"},

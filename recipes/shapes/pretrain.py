@@ -370,9 +370,14 @@ def select_trainable(model: BagelModel, side: str) -> None:
 
 
 def train_joint(model: BagelModel, args: argparse.Namespace, rng: random.Random) -> dict:
+    if not args.understanding_batch and args.generation_every != 1:
+        raise ValueError(
+            f"--understanding_batch 0 with --generation_every {args.generation_every} leaves steps with nothing to "
+            "train: pass --generation_every 1"
+        )
     model.train()
     select_trainable(model, args.train)
-    parameters = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("vae.")]
+    parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
     # An exponential moving average of the weights draws much cleaner shapes than the last iterate (as in BAGEL's
     # own training); it is what gets evaluated and saved.
@@ -381,7 +386,7 @@ def train_joint(model: BagelModel, args: argparse.Namespace, rng: random.Random)
     bank = LatentBank(model, rng, args.latent_bank)
     own = OwnImages()
     own_from = int(args.own_images_from * args.steps)
-    warmup = min(200, args.steps // 10)
+    warmup = max(1, min(200, args.steps // 10))
     history = {"understanding_loss": [], "understanding_token_accuracy": [], "generation_loss": []}
     progress = tqdm(range(args.steps), desc="BAGEL (understanding + generation)")
     for step in progress:

@@ -1,6 +1,7 @@
 import random
 import sys
 
+import pytest
 import torch
 
 from ..helpers import REPO_ROOT
@@ -41,3 +42,18 @@ def test_training_one_side_leaves_the_other_untouched():
     assert any(name.startswith("connector.") for name in trainable)
     pretrain.select_trainable(model, "all")
     assert all(p.requires_grad != name.startswith("vae.") for name, p in model.named_parameters())
+
+
+def test_a_short_generation_only_run_changes_generation_weights_and_nothing_else(monkeypatch):
+    argv = ["pretrain.py", "--train", "generation", "--steps", "3", "--latent_bank", "8", "--understanding_batch", "0"]
+    monkeypatch.setattr(sys, "argv", argv)
+    model = pretrain.build_model(seed=0, llm_hidden=32, llm_layers=1, vit_hidden=16, vit_layers=1)
+    with pytest.raises(ValueError, match="--generation_every 1"):
+        pretrain.train_joint(model, pretrain.parse_args(), random.Random(0))
+    monkeypatch.setattr(sys, "argv", [*argv, "--generation_every", "1"])
+    args = pretrain.parse_args()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    pretrain.train_joint(model, args, random.Random(0))
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    generation_side = set(model.generation_parameter_names())
+    assert changed and changed <= generation_side
