@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 
 from trl_srum.judge.prompts import global_probability_question
 from trl_srum.models import load_unified_model
-from trl_srum.shapes import CATEGORIES, describe, evaluate, render, sample_specs
-from trl_srum.shapes.evaluation import ranking_auc, vqa_accuracy
+from trl_srum.shapes import CATEGORIES, parse_prompt, render, sample_specs
+from trl_srum.shapes.evaluation import generation_accuracy, ranking_auc, vqa_accuracy
 from trl_srum.shapes.pretrained import DEFAULT_MODEL_DIR, SHAPES_IMAGE_SIZE, SHAPES_SAMPLING
 
 
@@ -39,33 +39,22 @@ def main() -> None:
     args = parser.parse_args()
     model = load_unified_model(args.model_name_or_path, dtype=torch.float32).eval()
 
-    jobs = [
-        (category, spec)
-        for category in CATEGORIES
-        for spec in sample_specs(category, args.per_category, args.seed, split="train")
-        for _ in range(args.candidates)
-    ]
-    samples = []
+    specs = {category: sample_specs(category, args.per_category, args.seed, split="train") for category in CATEGORIES}
+    # The same draws as an evaluation: every prompt with `--candidates` sampling seeds, judged by the oracle.
+    seeds = [100 * args.seed + candidate for candidate in range(args.candidates)]
+    _, samples = generation_accuracy(model, specs, seeds, image_size=SHAPES_IMAGE_SIZE, **SHAPES_SAMPLING)
+    images = [sample.image for sample in samples]
+    correct = np.array([sample.correct for sample in samples])
+    margins = []
     with torch.no_grad():
-        for start in tqdm(range(0, len(jobs), 32), desc="drawing samples", unit="batch"):
-            batch = jobs[start : start + 32]
-            samples += model.generate_images(
-                [describe(spec) for _, spec in batch],
-                generators=[torch.Generator().manual_seed(args.seed * 100_000 + start + i) for i in range(len(batch))],
-                image_size=(SHAPES_IMAGE_SIZE, SHAPES_IMAGE_SIZE),
-                **SHAPES_SAMPLING,
-            )
-        images = [generated.image for generated in samples]
-        correct = np.array([evaluate(image, spec)["correct"] for image, (_, spec) in zip(images, jobs)])
-        margins = []
-        for image, (_, spec) in tqdm(list(zip(images, jobs)), desc="prob judge", unit="image"):
-            question = global_probability_question(describe(spec), image.size, style="concise")
-            log_probs = model.score_answers(image, [question], ["yes", "no"])[0]
+        for sample in tqdm(samples, desc="prob judge", unit="image"):
+            question = global_probability_question(sample.prompt, sample.image.size, style="concise")
+            log_probs = model.score_answers(sample.image, [question], ["yes", "no"])[0]
             margins.append(float(log_probs[0] - log_probs[1]))
-    categories = np.array([category for category, _ in jobs])
+    categories = np.array([sample.category for sample in samples])
     margins = np.array(margins)
     within = [ranking_auc(margins[categories == c], correct[categories == c]) for c in CATEGORIES]
-    renders = [render(spec, size=SHAPES_IMAGE_SIZE, seed=i) for i, (_, spec) in enumerate(jobs)]
+    renders = [render(parse_prompt(sample.prompt), size=SHAPES_IMAGE_SIZE, seed=i) for i, sample in enumerate(samples)]
     report = {
         "samples": len(images),
         "oracle_correct": float(correct.mean()),
