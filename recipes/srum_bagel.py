@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from datasets import load_from_disk
+from transformers import PreTrainedModel
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
 from trl_srum import SRUMConfig, SRUMTrainer
@@ -117,21 +118,51 @@ def print_table(before: dict, after: dict) -> None:
         )
 
 
-def main(default_config: Path | None = DEFAULT_CONFIG) -> None:
-    script_args, training_args, rollout_config, model_args = parse_arguments(default_config)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    state = PartialState(cpu=training_args.use_cpu)
-    output_dir = Path(training_args.output_dir)
+def load_model(model_args: SRUMModelConfig, device: torch.device) -> PreTrainedModel:
+    """The model the recipe trains (the shipped shapes-world BAGEL unless a checkpoint is named), on `device`.
 
-    # ---- model: the shipped shapes-world BAGEL unless a checkpoint is named
+    Stage 1 samples and judges before any trainer exists, so the model must already sit on this process's
+    accelerator: the trainer would only move it at stage 2.
+    """
     if model_args.model_name_or_path is None:
         from trl_srum.shapes.pretrained import DEFAULT_MODEL_DIR
 
         model_args.model_name_or_path = str(DEFAULT_MODEL_DIR)
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
     model = load_unified_model(
-        model_args.model_name_or_path, dtype=dtype, quantization_config=get_quantization_config(model_args)
+        model_args.model_name_or_path,
+        dtype=dtype,
+        quantization_config=get_quantization_config(model_args),
+        device_map=None if device.type == "cpu" else {"": device},
     ).eval()
+    logger.info(f"loaded {model_args.model_name_or_path} on {model.device} ({model.dtype})")
+    return model
+
+
+class OncePerMessage(logging.Filter):
+    """Let each distinct message through once. bitsandbytes logs a dtype-cast warning on every 8-bit matmul whose
+    input is not float16 (bf16 training with `load_in_8bit`): millions of identical lines in a 7B run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+def main(default_config: Path | None = DEFAULT_CONFIG) -> None:
+    script_args, training_args, rollout_config, model_args = parse_arguments(default_config)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("bitsandbytes.autograd._functions").addFilter(OncePerMessage())
+    state = PartialState(cpu=training_args.use_cpu)
+    output_dir = Path(training_args.output_dir)
+
+    model = load_model(model_args, state.device)
 
     # ---- evaluation before training
     shapes_eval = script_args.eval_shapes_per_category > 0

@@ -18,13 +18,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from srum_bagel import evaluate_shapes, parse_arguments  # noqa: E402
+from accelerate import PartialState  # noqa: E402
+from srum_bagel import evaluate_shapes, load_model, parse_arguments  # noqa: E402
 
 from trl_srum import SRUMTrainer  # noqa: E402
-from trl_srum.models import load_unified_model  # noqa: E402
 from trl_srum.rollout import config_prompts  # noqa: E402
 from trl_srum.rollout.runner import RolloutRunner  # noqa: E402
-from trl_srum.shapes.pretrained import DEFAULT_MODEL_DIR  # noqa: E402
 
 
 def main() -> None:
@@ -36,7 +35,7 @@ def main() -> None:
     seconds: dict[str, float] = {}
 
     started = time.perf_counter()
-    model = load_unified_model(model_args.model_name_or_path or DEFAULT_MODEL_DIR, dtype=torch.float32).eval()
+    model = load_model(model_args, PartialState(cpu=training_args.use_cpu).device)
     seconds["load model"] = time.perf_counter() - started
 
     started = time.perf_counter()

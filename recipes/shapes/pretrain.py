@@ -112,6 +112,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--vit_hidden", type=int, default=64)
     parser.add_argument("--vit_layers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where to train (e.g. cuda); random draws stay on the CPU, so a seed gives the same data everywhere",
+    )
     return parser.parse_args()
 
 
@@ -186,7 +191,7 @@ def match_connector_scale(model: BagelModel, rng: random.Random, num_images: int
     ]
     tokens = torch.cat(model.embed_images_for_understanding([model.understanding_pixels(im) for im in images]))
     grid = model.config.vit_max_num_patch_per_side
-    positions = model.vit_pos_embed(torch.arange(grid * grid))
+    positions = model.vit_pos_embed(torch.arange(grid * grid, device=tokens.device))
     content = tokens - positions.repeat(num_images, 1)
     factor = (positions.pow(2).mean().sqrt() / content.pow(2).mean().sqrt()).item()
     model.connector.fc2.weight.mul_(factor)
@@ -285,7 +290,7 @@ def understanding_loss(
     logits = model.forward_text(cache, texts, cache_rows=rows, output_logits=True).logits
     # The logit at <im_start> predicts the answer's first token, and so on to <im_end>.
     predicted = torch.cat([lg[start : start + len(answer)] for lg, (start, answer) in zip(logits, answer_spans)])
-    targets = torch.tensor([token for _, answer in answer_spans for token in answer])
+    targets = torch.tensor([token for _, answer in answer_spans for token in answer], device=predicted.device)
     loss = F.cross_entropy(predicted.float(), targets)
     accuracy = (predicted.argmax(-1) == targets).float().mean().item()
     return loss, accuracy
@@ -302,7 +307,7 @@ class LatentBank:
             specs = [random_train_spec(rng) for _ in range(batch)]
             images = [render(spec, size=SHAPES_IMAGE_SIZE, seed=rng.randrange(2**31)) for spec in specs]
             with torch.no_grad():
-                latent = vae.encode(pixels_of(images)).latent_dist.mean
+                latent = vae.encode(pixels_of(images).to(vae.device)).latent_dist.mean
                 latent = vae.config.scaling_factor * (latent - vae.config.shift_factor)
             self.latents += [patchify(z, model.config.latent_patch_size) for z in latent]
             self.prompts += [describe(spec) for spec in specs]
@@ -317,8 +322,9 @@ def generation_loss(
 ) -> torch.Tensor:
     prompts, latents = bank.sample(rng, batch)
     grid = model.latent_grid((SHAPES_IMAGE_SIZE, SHAPES_IMAGE_SIZE))
-    t = sample_timesteps(batch, generator=generator)
-    noise = [torch.randn(x.shape, generator=generator) for x in latents]
+    device = latents[0].device
+    t = sample_timesteps(batch, generator=generator).to(device)
+    noise = [torch.randn(x.shape, generator=generator).to(device) for x in latents]
     noisy = [add_noise(x, n, ti) for x, n, ti in zip(latents, noise, t)]
     prompts = [None if rng.random() < 0.1 else prompt for prompt in prompts]
     velocity = model(**model.prepare_flow_inputs(prompts, noisy, [grid] * batch, t)).velocity
@@ -336,7 +342,7 @@ def train_vae(model: BagelModel, steps: int, rng: random.Random) -> dict:
         specs = [random_train_spec(rng) for _ in range(16)]
         images = [render(s, size=SHAPES_IMAGE_SIZE, seed=rng.randrange(2**31)) for s in specs]
         images = [perturb(im, rng.randrange(2**31), 0.5) if rng.random() < 0.3 else im for im in images]
-        pixels = pixels_of(images)
+        pixels = pixels_of(images).to(vae.device)
         posterior = vae.encode(pixels).latent_dist
         reconstruction = vae.decode(posterior.sample()).sample
         kl = posterior.kl().mean() / pixels[0].numel()
@@ -351,7 +357,7 @@ def train_vae(model: BagelModel, steps: int, rng: random.Random) -> dict:
     vae.eval().requires_grad_(False)
     with torch.no_grad():
         images = [render(random_train_spec(rng), size=SHAPES_IMAGE_SIZE, seed=i) for i in range(256)]
-        latents = vae.encode(pixels_of(images)).latent_dist.mean
+        latents = vae.encode(pixels_of(images).to(vae.device)).latent_dist.mean
     shift, scale = latents.mean().item(), 1.0 / latents.std().item()
     vae.register_to_config(shift_factor=shift, scaling_factor=scale)
     model.config.vae_config.update(shift_factor=shift, scaling_factor=scale)
@@ -395,7 +401,7 @@ def train_joint(model: BagelModel, args: argparse.Namespace, rng: random.Random)
             group["lr"] = args.lr * ramp * 0.5 * (1 + math.cos(math.pi * step / args.steps))
         if args.understanding_batch and step >= own_from and (step - own_from) % 100 == 0:
             own.refresh(model, rng, 32)
-        loss = torch.zeros(())
+        loss = torch.zeros((), device=args.device)
         if args.understanding_batch:
             scenes = [understanding_scene(rng, model, own, step >= own_from) for _ in range(args.understanding_batch)]
             loss_u, token_accuracy = understanding_loss(model, scenes, rng, args.questions_per_scene)
@@ -457,10 +463,11 @@ def main() -> None:
     started = time.perf_counter()
     report = {"seed": args.seed, "args": vars(args)}
     if args.init_from:
-        model = BagelModel.from_pretrained(args.init_from)
+        model = BagelModel.from_pretrained(args.init_from).to(args.device)
         model.vae.eval().requires_grad_(False)
     else:
         model = build_model(args.seed, args.llm_hidden, args.llm_layers, args.vit_hidden, args.vit_layers)
+        model.to(args.device)
         if args.vae_from:
             trained = BagelModel.from_pretrained(args.vae_from)
             model.vae.load_state_dict(trained.vae.state_dict())

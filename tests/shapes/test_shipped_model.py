@@ -1,5 +1,6 @@
 """The shapes-world BAGEL that ships with the package, and the main job's default recipe that runs on it."""
 
+import logging
 import sys
 from pathlib import Path
 
@@ -71,3 +72,31 @@ def test_main_job_defaults_to_the_shipped_model_and_its_sampler(monkeypatch):
     for key, value in SHAPES_SAMPLING.items():
         assert rollout_config.generation_kwargs[key] == (list(value) if isinstance(value, tuple) else value), key
     assert training_args.use_cpu and training_args.lambda_constraint == 0.5
+
+
+def test_main_job_loads_the_shipped_model_on_the_process_device(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "recipes"))
+    monkeypatch.setattr(sys, "argv", ["srum_bagel.py"])
+    from srum_bagel import load_model, parse_arguments
+
+    model_args = parse_arguments()[3]
+    model = load_model(model_args, torch.device("cpu"))
+    assert model_args.model_name_or_path == str(DEFAULT_MODEL_DIR)
+    assert isinstance(model, BagelModel) and model.device.type == "cpu" and not model.training
+
+
+def test_main_job_logs_a_repeated_bitsandbytes_warning_once(monkeypatch, caplog):
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "recipes"))
+    from srum_bagel import OncePerMessage
+
+    logger = logging.getLogger("test.once_per_message")
+    once = OncePerMessage()
+    logger.addFilter(once)
+    try:
+        with caplog.at_level(logging.WARNING, logger=logger.name):
+            for _ in range(3):
+                logger.warning("MatMul8bitLt: inputs will be cast from %s to float16", torch.bfloat16)
+            logger.warning("MatMul8bitLt: inputs will be cast from %s to float16", torch.float32)
+    finally:
+        logger.removeFilter(once)
+    assert [r.getMessage().split()[-3] for r in caplog.records] == ["torch.bfloat16", "torch.float32"]
