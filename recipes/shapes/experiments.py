@@ -38,7 +38,7 @@ from srum_bagel import evaluate_shapes, parse_arguments  # noqa: E402
 from trl_srum import SRUMTrainer  # noqa: E402
 from trl_srum.models import load_unified_model  # noqa: E402
 from trl_srum.rollout import config_prompts, run_rollouts  # noqa: E402
-from trl_srum.shapes import parse_prompt, render  # noqa: E402
+from trl_srum.shapes import evaluate, parse_prompt, render  # noqa: E402
 from trl_srum.shapes.pretrained import DEFAULT_MODEL_DIR  # noqa: E402
 from trl_srum.shapes.tasks import oracle_judgement  # noqa: E402
 
@@ -86,6 +86,17 @@ VARIANTS: dict[str, tuple[dict, str, int | None]] = {
     "self-SFT, lr 2e-5": (
         {"use_global_reward": False, "use_local_rewards": False, "learning_rate": 2e-5},
         "text",
+        None,
+    ),
+    # The most a perfect judge can select: only the samples the oracle calls right, at the gentlest rate tried.
+    "oracle: correct samples only, uniform weights, lr 2e-5": (
+        {"use_global_reward": False, "use_local_rewards": False, "learning_rate": 2e-5},
+        "correct",
+        None,
+    ),
+    "control: clean renders, uniform weights, lr 2e-5": (
+        {"use_global_reward": False, "use_local_rewards": False, "learning_rate": 2e-5},
+        "renders",
         None,
     ),
 }
@@ -172,6 +183,11 @@ def rescored_by_oracle(rollouts: Dataset, model) -> Dataset:
     return rollouts.map(rescore, desc="oracle scores")
 
 
+def oracle_correct(rollouts: Dataset, model) -> Dataset:
+    """Only the rows whose image the oracle judges right for its prompt."""
+    return rollouts.filter(lambda row: evaluate(row["image"], parse_prompt(row["prompt"]))["correct"], desc="oracle")
+
+
 def replaced_by_renders(rollouts: Dataset, model) -> Dataset:
     """The same rows with each image and its latents replaced by a clean render of the row's prompt."""
 
@@ -183,7 +199,7 @@ def replaced_by_renders(rollouts: Dataset, model) -> Dataset:
 
 
 # Rollout sets computed from the `text` rollouts of the same seed rather than drawn: judge mode -> (rollouts, model).
-DERIVED_FROM_TEXT = {"oracle": rescored_by_oracle, "renders": replaced_by_renders}
+DERIVED_FROM_TEXT = {"oracle": rescored_by_oracle, "correct": oracle_correct, "renders": replaced_by_renders}
 
 
 def print_table(output: Path) -> None:

@@ -35,3 +35,16 @@ def test_clean_renders_control_swaps_images_and_latents_for_renders_of_the_promp
         assert row["regions"] == original["regions"] and row["prompt"] == original["prompt"]
     # The oracle accepts every render, so its rescoring of them is all +1.
     assert experiments.rescored_by_oracle(renders, model)["global_score"] == [1.0] * len(specs)
+
+
+def test_oracle_filter_keeps_exactly_the_rows_the_oracle_calls_right():
+    model = load_shapes_model()
+    rollouts, specs = _shapes_rollouts(model)
+    # One row replaced by a clean render of its prompt: right for sure; the model's random samples are checked as is.
+    renders = experiments.replaced_by_renders(rollouts.select([1]), model)
+    mixed = Dataset.from_list([rollouts[0], renders[0], rollouts[2]], features=ROLLOUT_FEATURES)
+    kept = experiments.oracle_correct(mixed, model)
+    expected = [
+        row["row_id"] for row, spec in zip(mixed, specs, strict=True) if evaluate(row["image"], spec)["correct"]
+    ]
+    assert kept["row_id"] == expected and renders[0]["row_id"] in expected
