@@ -130,10 +130,7 @@ def load_model(model_args: SRUMModelConfig, device: torch.device) -> PreTrainedM
         model_args.model_name_or_path = str(DEFAULT_MODEL_DIR)
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
     model = load_unified_model(
-        model_args.model_name_or_path,
-        dtype=dtype,
-        quantization_config=get_quantization_config(model_args),
-        device_map=None if device.type == "cpu" else {"": device},
+        model_args.model_name_or_path, device, dtype=dtype, quantization_config=get_quantization_config(model_args)
     ).eval()
     logger.info(f"loaded {model_args.model_name_or_path} on {model.device} ({model.dtype})")
     return model

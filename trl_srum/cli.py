@@ -45,16 +45,13 @@ def _rollout(argv: list[str]) -> None:
     # A bad prompt file fails here, before the model is loaded.
     prompts = config_prompts(rollout_config)
     state = rollout_state()
-    quantization_config = get_quantization_config(model_args)
+    # each process draws on its own device
     model = load_unified_model(
         model_args.model_name_or_path,
+        state.device,
         dtype=model_args.dtype,
-        quantization_config=quantization_config,
-        # each process draws on its own device; quantized weights are placed while they load
-        **({"device_map": {"": state.device}} if quantization_config is not None else {}),
+        quantization_config=get_quantization_config(model_args),
     )
-    if quantization_config is None:
-        model = model.to(state.device)
     dataset = run_rollouts(model.eval(), prompts, rollout_config)
     if state.is_main_process:
         print(f"wrote {len(dataset)} rollout rows to {rollout_config.rollout_dir}/dataset")

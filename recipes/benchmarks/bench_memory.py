@@ -130,12 +130,7 @@ def run_case(case: str, folder: Path, steps: int, tiny: bool, device: str) -> di
     }[precision]
     on_gpu = device.startswith("cuda")
     started = time.perf_counter()
-    model = load_unified_model(
-        folder,
-        dtype=torch.bfloat16,
-        quantization_config=quantization,
-        device_map={"": device} if on_gpu else None,
-    )
+    model = load_unified_model(folder, device, dtype=torch.bfloat16, quantization_config=quantization)
     loaded = time.perf_counter() - started
     weights = torch.cuda.memory_allocated() / 1e9 if on_gpu else None
     dataset = rollout_dataset(model, resolution)

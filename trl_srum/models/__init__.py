@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import PreTrainedModel
 
 from .bagel import BagelConfig, BagelModel
@@ -25,14 +26,23 @@ def _is_official_bagel_folder(path: Path) -> bool:
     return (path / "ema.safetensors").is_file() and (path / "llm_config.json").is_file()
 
 
-def load_unified_model(name_or_path: str | os.PathLike, **kwargs: Any) -> PreTrainedModel:
+def load_unified_model(
+    name_or_path: str | os.PathLike, device: str | torch.device | None = None, **kwargs: Any
+) -> PreTrainedModel:
     """Load any supported unified model from a local folder (ours or an official release) or a Hub id.
 
-    `kwargs` go to `from_pretrained` (e.g. `dtype`, `device_map`, `quantization_config`).
+    `device` puts the whole model on one device while it loads (`device_map={"": device}`; quantized weights are
+    placed there as they are quantized), as stage 1 needs before any trainer moves it. `kwargs` go to
+    `from_pretrained` (e.g. `dtype`, `device_map`, `quantization_config`).
 
     Raises:
         ValueError: naming the folder when it holds no model this package can load.
     """
+    if device is not None:
+        device = torch.device(device)
+        # On the CPU an unquantized model needs no map (that is where it loads anyway).
+        if device.type != "cpu" or kwargs.get("quantization_config") is not None:
+            kwargs.setdefault("device_map", {"": device})
     path = Path(name_or_path)
     if not path.is_dir() and (path.exists() or path.is_absolute() or str(name_or_path).startswith(".")):
         raise FileNotFoundError(f"no model folder at {name_or_path}")

@@ -9,6 +9,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, models
 from transformers import AutoModel, PreTrainedTokenizerFast
 
+from trl_srum.models import load_unified_model
 from trl_srum.models.bagel import BagelConfig, BagelModel, conversion
 from trl_srum.models.bagel.tiny import build_word_level_tokenizer, tiny_bagel_config, tiny_bagel_model
 
@@ -196,3 +197,21 @@ def test_official_7b_json_files_give_the_default_config(tmp_path):
     assert not hasattr(config.llm_config, "qk_norm")
     assert BagelModel.expected_checkpoint_shapes(config) == BagelModel.expected_checkpoint_shapes(default)
     assert config.im_start_token_id == default.im_start_token_id == 151644
+
+
+def test_load_unified_model_places_the_model_on_the_named_device(tmp_path, monkeypatch):
+    tiny_bagel_model(seed=5).save_pretrained(tmp_path)
+    assert load_unified_model(tmp_path, "cpu").device.type == "cpu"
+
+    # On an accelerator the whole model is mapped there while it loads (no GPU here: record what reaches the loader).
+    seen = {}
+    real = BagelModel.from_pretrained.__func__
+
+    def recording(cls, path, **kwargs):
+        seen.update(kwargs)
+        kwargs.pop("device_map")
+        return real(cls, path, **kwargs)
+
+    monkeypatch.setattr(BagelModel, "from_pretrained", classmethod(recording))
+    load_unified_model(tmp_path, "cuda:1", dtype=torch.float32)
+    assert seen["device_map"] == {"": torch.device("cuda:1")}

@@ -1,6 +1,5 @@
 """`recipes/benchmarks/bench_memory.py`: its case syntax, and one tiny case run end to end on the CPU."""
 
-import sys
 from pathlib import Path
 
 import pytest
