@@ -18,8 +18,8 @@ q/k/v/o, the MLP intermediates, in bf16), plus for quantized bases one dequantiz
 CUDA context and allocator fragmentation (about 1 to 1.5 GB) are not included.
 
 Checked on an H100 (`recipes/benchmarks/bench_memory.py`, docs/bagel.md): weights within 1%, bf16 and 4-bit
-training peaks within 7%. 8-bit training is under-estimated (measured 1.14x at 512 px, 1.59x at 1024 px): the int8
-matmul of bitsandbytes keeps tensors for its backward that activation checkpointing does not free.
+training peaks within 7%. 8-bit training is under-estimated (measured 1.14x at 512 px, 1.59x at 1024 px), likely
+because the int8 matmul of bitsandbytes keeps tensors for its backward that activation checkpointing does not free.
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def format_table(config: BagelConfig) -> str:
                 )
     lines.append(
         "\n8-bit rows are low: on an H100 the 8-bit base's training peak was 1.14x this estimate at 512 px and 1.59x "
-        "at 1024 px (bitsandbytes' int8 matmul keeps tensors that activation checkpointing does not free)."
+        "at 1024 px (likely bitsandbytes' int8 matmul keeping tensors that activation checkpointing does not free)."
     )
     return "\n".join(lines)
 
