@@ -191,7 +191,7 @@ def main() -> None:
         print(
             f"wrote a random {'tiny' if args.tiny else '7B'} BAGEL to {folder} in {time.perf_counter() - started:.0f}s"
         )
-    results = []
+    results, failed = [], []
     for case in args.cases:
         # A process per case: peak-memory counters and the allocator's cache start from zero.
         command = [
@@ -210,6 +210,7 @@ def main() -> None:
         lines = [line for line in finished.stdout.splitlines() if line.startswith("RESULT ")]
         if finished.returncode or not lines:
             print(f"case {case} failed (exit {finished.returncode}):\n{finished.stderr[-3000:]}")
+            failed.append(case)
             continue
         results.append(json.loads(lines[-1].removeprefix("RESULT ")))
         print(json.dumps(results[-1]), flush=True)
@@ -220,6 +221,8 @@ def main() -> None:
         print(
             f"{r['case']:<16}{r['load_seconds']:>8.1f}{r['seconds_per_step']:>8.2f}{peak:>9}{r['estimate_gb']:>13.2f}{ratio:>19}"
         )
+    if failed:
+        raise SystemExit(f"failed cases: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
