@@ -6,7 +6,8 @@ For every seed it draws one set of rollouts (stage 1 with the recipe's settings;
 training noise and the evaluation's sampling seeds), trains every variant on those same rollouts from the same base
 model, and evaluates each on the held-out prompts with the same sampling seeds, so all numbers of one seed are paired.
 The `prob` variant re-judges the same candidates with the token-probability judge; the "oracle rewards" variants
-rescore the `text` rollouts with the oracle (upper bounds, not self-rewarding); the "clean renders" control swaps
+rescore the `text` rollouts with the oracle and the "oracle: correct samples only" variant keeps just the rows the
+oracle calls right (upper bounds, not self-rewarding); the "clean renders" control swaps
 every image for a render of its prompt (does the model improve at all when fine-tuned on perfect data?). Each seed
 writes `<output_dir>/results-seed<N>.json`, so seeds can run as separate processes into one folder (one core each):
 
