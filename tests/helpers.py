@@ -1,11 +1,13 @@
-"""Shared builders for tests: tiny rollout datasets drawn by a tiny model, as stage 1 would write them, and the
-environment of the tests that launch scripts in other processes."""
+"""Shared builders for tests: tiny rollout datasets drawn by a tiny model, as stage 1 would write them, the
+environment of the tests that launch scripts in other processes, and where the golden fixtures are."""
 
+import json
 import os
 import socket
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from datasets import Dataset
 
@@ -14,7 +16,28 @@ from trl_srum.rollout import ROLLOUT_FEATURES, STATUS_OK, make_row_id
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures"
 PROMPTS = ("a red circle", "two blue squares", "a green triangle above a yellow circle", "an orange square")
+
+
+def golden_fixture(name: str, env_var: str) -> Path:
+    """Where a golden fixture is: the path in `env_var` when set (another set of golden values), else the copy in
+    tests/fixtures/. Whether it exists is checked by `requires_fixture`."""
+    return Path(os.environ.get(env_var) or FIXTURES_DIR / name)
+
+
+def requires_fixture(path: Path) -> pytest.MarkDecorator:
+    """Skip when `path` is missing on a developer's machine; under CI (`CI` set) run anyway, so that a missing golden
+    fixture fails the tests that need it instead of silently dropping a parity check."""
+    return pytest.mark.skipif(not path.exists() and not os.environ.get("CI"), reason=f"no golden fixture at {path}")
+
+
+def golden_cases(path: Path, key: str) -> list[dict[str, Any]]:
+    """The cases listed under `key` in a fixture's JSON file; none (so the parametrized test is skipped) when the file
+    is missing outside CI. Under CI a missing file raises here, failing collection with its path."""
+    if not path.is_file() and not os.environ.get("CI"):
+        return []
+    return json.loads(path.read_text())[key]
 
 
 def free_port() -> int:

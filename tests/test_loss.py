@@ -1,15 +1,12 @@
-import json
-
 import pytest
 import torch
 
 from trl_srum.loss import srum_loss
 
-from .conftest import SHARED_DIR
+from .helpers import golden_cases, golden_fixture
 
 
-FIXTURE = SHARED_DIR / "fixtures" / "srum_official" / "cases.json"
-CASES = json.loads(FIXTURE.read_text())["loss_cases"]
+CASES = golden_cases(golden_fixture("srum_official", "SRUM_FIXTURE_DIR") / "cases.json", "loss_cases")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
@@ -44,14 +41,18 @@ def test_anchor_defaults_to_latents():
 
 
 def test_packed_batch_is_a_token_weighted_mean():
-    # Two images packed together: the loss is the mean over all tokens, not the mean of per-image means.
-    v, noise, latents = _random_batch(num_tokens=12)
-    rewards = torch.rand(12)
+    # Two images packed together, of 3 and 9 tokens: the loss is the mean over all tokens, not the mean of per-image
+    # means. The small image is predicted exactly (squared error 0) and every token of the large one is off by 1 in
+    # every channel (squared error 1), so the token mean is 9/12 while the mean of image means would be 1/2.
+    _, noise, latents = _random_batch(num_tokens=12)
+    v = noise - latents
+    v[3:] += 1.0
+    rewards = torch.ones(12)
     packed, _ = srum_loss(v, noise, latents, rewards, lambda_constraint=0.0)
     first, _ = srum_loss(v[:3], noise[:3], latents[:3], rewards[:3], lambda_constraint=0.0)
     second, _ = srum_loss(v[3:], noise[3:], latents[3:], rewards[3:], lambda_constraint=0.0)
-    assert packed.item() == pytest.approx((3 * first.item() + 9 * second.item()) / 12, rel=1e-6)
-    assert packed.item() != pytest.approx((first.item() + second.item()) / 2, rel=1e-3)
+    assert (first.item(), second.item()) == pytest.approx((0.0, 1.0), abs=1e-6)
+    assert packed.item() == pytest.approx(9 / 12, rel=1e-6)
 
 
 def test_reference_constraint_pulls_toward_v_ref():

@@ -1,5 +1,4 @@
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -13,12 +12,12 @@ from trl_srum.models import load_unified_model
 from trl_srum.models.bagel import BagelConfig, BagelModel, conversion
 from trl_srum.models.bagel.tiny import build_word_level_tokenizer, tiny_bagel_config, tiny_bagel_model
 
+from ...helpers import golden_fixture, requires_fixture
 
-REFERENCE_DIR = Path(__file__).resolve().parents[3].parent / "shared/reference"
-FIXTURE_DIR = Path(
-    os.environ.get("BAGEL_FIXTURE_DIR", Path(__file__).resolve().parents[3].parent / "shared/fixtures/bagel_tiny")
-)
-needs_fixture = pytest.mark.skipif(not FIXTURE_DIR.is_dir(), reason=f"no BAGEL fixture folder at {FIXTURE_DIR}")
+
+KEY_LISTS_DIR = golden_fixture("checkpoint_keys", "CHECKPOINT_KEYS_DIR")
+FIXTURE_DIR = golden_fixture("bagel_tiny", "BAGEL_FIXTURE_DIR")
+needs_fixture = requires_fixture(FIXTURE_DIR)
 
 
 def read_key_list(path: Path) -> dict[str, tuple[int, ...]]:
@@ -29,14 +28,14 @@ def read_key_list(path: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-@pytest.mark.skipif(not REFERENCE_DIR.is_dir(), reason="no reference key lists")
+@requires_fixture(KEY_LISTS_DIR)
 @pytest.mark.parametrize("visual_und,use_lm_head", [(True, True), (False, False)])
 def test_every_official_7b_key_is_accounted_for(visual_und, use_lm_head):
     """The 7B model on the meta device loads every key and shape of the official release (VAE included)."""
     config = BagelConfig(visual_und=visual_und, use_lm_head=use_lm_head)
     expected = BagelModel.expected_checkpoint_shapes(config)
-    found = read_key_list(REFERENCE_DIR / "bagel7b_mot_keys.tsv")
-    vae_keys = read_key_list(REFERENCE_DIR / "flux_ae_keys.tsv")
+    found = read_key_list(KEY_LISTS_DIR / "bagel7b_mot_keys.tsv")
+    vae_keys = read_key_list(KEY_LISTS_DIR / "flux_ae_keys.tsv")
     found.update(conversion.vae_shapes_to_diffusers(vae_keys, config.vae_config))
     skipped = conversion.intentionally_absent_patterns(visual_und, use_lm_head)
     conversion.check_checkpoint_keys(expected, found, skipped, source="BAGEL-7B-MoT")

@@ -1,12 +1,10 @@
 """Parity with the official BAGEL code, on golden values it produced at a tiny random configuration.
 
-The fixture folder (official layout + `cases.json` / `cases.safetensors`) is read from `BAGEL_FIXTURE_DIR`, by default
-`../shared/fixtures/bagel_tiny` beside the repository. Select these tests with `pytest -k bagel_parity`.
+The fixture folder (official layout + `cases.json` / `cases.safetensors`) is tests/fixtures/bagel_tiny, or the folder
+`BAGEL_FIXTURE_DIR` names. Select these tests with `pytest -k bagel_parity`.
 """
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,11 +15,11 @@ from trl_srum.models.bagel import BagelModel, SamplerSettings
 from trl_srum.models.bagel.generation import SamplingTrace, generate_image_latents, generate_text_ids
 from trl_srum.models.bagel.image_processing import grid_position_ids, patchify, unpatchify
 
+from ...helpers import golden_fixture, requires_fixture
 
-FIXTURE_DIR = Path(
-    os.environ.get("BAGEL_FIXTURE_DIR", Path(__file__).resolve().parents[3].parent / "shared/fixtures/bagel_tiny")
-)
-pytestmark = pytest.mark.skipif(not FIXTURE_DIR.is_dir(), reason=f"no BAGEL fixture folder at {FIXTURE_DIR}")
+
+FIXTURE_DIR = golden_fixture("bagel_tiny", "BAGEL_FIXTURE_DIR")
+pytestmark = requires_fixture(FIXTURE_DIR)
 
 # The fixture README's tolerances: single forwards to 1e-4, values compounded over several sampler steps to 1e-3.
 SINGLE = {"atol": 1e-4, "rtol": 1e-4}

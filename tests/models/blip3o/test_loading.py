@@ -13,11 +13,11 @@ from trl_srum.models.blip3o import Blip3oModel, Blip3oPixelDecoder
 from trl_srum.models.blip3o.conversion import official_config_to_blip3o, official_state_dict_to_blip3o
 from trl_srum.models.blip3o.tiny import TINY_FEATURE_DIM, tiny_blip3o
 
+from ...helpers import golden_fixture, requires_fixture
 
-FIXTURE_DIR = Path(
-    os.environ.get("BLIP3O_FIXTURE_DIR", Path(__file__).resolve().parents[3].parent / "shared/fixtures/blip3o_tiny")
-)
-needs_fixture = pytest.mark.skipif(not FIXTURE_DIR.is_dir(), reason=f"no BLIP3o fixture folder at {FIXTURE_DIR}")
+
+FIXTURE_DIR = golden_fixture("blip3o_tiny", "BLIP3O_FIXTURE_DIR")
+needs_fixture = requires_fixture(FIXTURE_DIR)
 
 
 def flow_loss(model) -> torch.Tensor:

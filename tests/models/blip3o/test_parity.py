@@ -1,15 +1,12 @@
 """Parity with the official BLIP3o code, on golden values it produced at a tiny random configuration.
 
-The fixture folder is read from `BLIP3O_FIXTURE_DIR`, by default `../shared/fixtures/blip3o_tiny` beside the
-repository. Every case its `cases.json` lists is run, and every tensor a case lists must be either an input of the
-test or a value the test recomputes, so a golden tensor can never be silently ignored. Select these tests with
-`pytest -k blip3o_parity`.
+The fixture folder is tests/fixtures/blip3o_tiny, or the folder `BLIP3O_FIXTURE_DIR` names. Every case its
+`cases.json` lists is run, and every tensor a case lists must be either an input of the test or a value the test
+recomputes, so a golden tensor can never be silently ignored. Select these tests with `pytest -k blip3o_parity`.
 """
 
 import json
-import os
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,11 +15,11 @@ from safetensors.torch import load_file
 from trl_srum.models.blip3o import Blip3oModel
 from trl_srum.models.blip3o.sampling import flow_scheduler, flow_sigmas, sample_latents
 
+from ...helpers import golden_fixture, requires_fixture
 
-FIXTURE_DIR = Path(
-    os.environ.get("BLIP3O_FIXTURE_DIR", Path(__file__).resolve().parents[3].parent / "shared/fixtures/blip3o_tiny")
-)
-pytestmark = pytest.mark.skipif(not FIXTURE_DIR.is_dir(), reason=f"no BLIP3o fixture folder at {FIXTURE_DIR}")
+
+FIXTURE_DIR = golden_fixture("blip3o_tiny", "BLIP3O_FIXTURE_DIR")
+pytestmark = requires_fixture(FIXTURE_DIR)
 
 # The fixture README's tolerances: tensors to 1e-4 absolute, losses to 1e-5 relative, integers exactly.
 LOSSES = {"b.mse", "b.mse_per_sample", "b2.loss"}
