@@ -9,8 +9,11 @@ import torch
 from transformers import PreTrainedModel
 
 from .bagel import BagelConfig, BagelModel
+from .bagel.conversion import CHECKPOINT_FILE_PATTERNS as BAGEL_CHECKPOINT_FILE_PATTERNS
+from .bagel.conversion import is_official_checkpoint as is_official_bagel_checkpoint
 from .blip3o import Blip3oConfig, Blip3oModel
 from .blip3o.conversion import OFFICIAL_MODEL_TYPES as BLIP3O_OFFICIAL_MODEL_TYPES
+from .blip3o.conversion import checkpoint_file_patterns as blip3o_checkpoint_file_patterns
 
 
 # model_type in config.json -> the class whose from_pretrained reads that folder (ours or an official release).
@@ -21,9 +24,49 @@ MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
 }
 
 
-def _is_official_bagel_folder(path: Path) -> bool:
-    # The official BAGEL release has no config our loader can read, only these files.
-    return (path / "ema.safetensors").is_file() and (path / "llm_config.json").is_file()
+# Keyword arguments of `from_pretrained` that say where a Hub checkpoint comes from; they are used to download it and
+# are not passed on, since the model is then loaded from the local snapshot like any folder.
+_HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download")
+
+
+def _hub_json(repo_id: str, filename: str, hub_kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """A JSON file of a Hub repository, or None when the Hub says the repository has no such file.
+
+    Offline, a file that is not in the cache raises (huggingface_hub's error names it): absence cannot be told then.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    try:
+        return json.loads(Path(hf_hub_download(repo_id, filename, **hub_kwargs)).read_text())
+    except RemoteEntryNotFoundError:
+        return None
+
+
+def _download_checkpoint(repo_id: str, hub_kwargs: dict[str, Any]) -> Path:
+    """Download the files of a Hub checkpoint that loading needs, and return the local snapshot folder.
+
+    The family is told from `config.json` (ours, or an official BLIP3o release) or, for the official BAGEL release
+    whose `config.json` has no `model_type`, from its `llm_config.json`; only that family's files are fetched.
+    """
+    from huggingface_hub import snapshot_download
+
+    config = _hub_json(repo_id, "config.json", hub_kwargs) or {}
+    model_type = config.get("model_type")
+    if model_type in (BagelConfig.model_type, Blip3oConfig.model_type, *BLIP3O_OFFICIAL_MODEL_TYPES):
+        patterns = (
+            list(BAGEL_CHECKPOINT_FILE_PATTERNS)
+            if model_type == BagelConfig.model_type
+            else blip3o_checkpoint_file_patterns(config)
+        )
+    elif model_type is None and _hub_json(repo_id, "llm_config.json", hub_kwargs) is not None:
+        patterns = list(BAGEL_CHECKPOINT_FILE_PATTERNS)
+    else:
+        raise ValueError(
+            f"{repo_id}: the Hub repository holds no unified model trl-srum supports (config.json model_type "
+            f"{model_type!r}, not one of {sorted(MODEL_CLASSES)}, and no llm_config.json of an official BAGEL release)"
+        )
+    return Path(snapshot_download(repo_id, allow_patterns=patterns, **hub_kwargs))
 
 
 def load_unified_model(
@@ -31,38 +74,47 @@ def load_unified_model(
 ) -> PreTrainedModel:
     """Load any supported unified model from a local folder (ours or an official release) or a Hub id.
 
+    A Hub id is downloaded first (only the files loading reads; `revision`, `token` and `cache_dir` apply) and its
+    snapshot is then loaded exactly as the same folder on disk would be, so an official BAGEL or BLIP3o release loads
+    by id as it does from a download.
+
     `device` puts the whole model on one device while it loads (`device_map={"": device}`; quantized weights are
     placed there as they are quantized), as stage 1 needs before any trainer moves it. `kwargs` go to
     `from_pretrained` (e.g. `dtype`, `device_map`, `quantization_config`).
 
     Raises:
-        ValueError: naming the folder when it holds no model this package can load.
+        FileNotFoundError: for a local path that does not exist.
+        ValueError: naming the folder or repository when it holds no model this package can load.
     """
     if device is not None:
         device = torch.device(device)
         # On the CPU an unquantized model needs no map (that is where it loads anyway).
         if device.type != "cpu" or kwargs.get("quantization_config") is not None:
             kwargs.setdefault("device_map", {"": device})
+    hub_kwargs = {key: kwargs.pop(key) for key in _HUB_KWARGS if key in kwargs}
     path = Path(name_or_path)
-    if not path.is_dir() and (path.exists() or path.is_absolute() or str(name_or_path).startswith(".")):
+    if path.is_dir():
+        return _load_folder(path, **kwargs)
+    if path.exists() or path.is_absolute() or str(name_or_path).startswith("."):
         raise FileNotFoundError(f"no model folder at {name_or_path}")
-    if not path.is_dir():
-        from huggingface_hub import hf_hub_download
+    model = _load_folder(_download_checkpoint(str(name_or_path), hub_kwargs), **kwargs)
+    # As transformers does for a Hub id: the model names its repository (model cards give it as the base model).
+    model.config._name_or_path = str(name_or_path)
+    return model
 
-        config_file = Path(hf_hub_download(str(name_or_path), "config.json"))
-    elif _is_official_bagel_folder(path):
+
+def _load_folder(path: Path, **kwargs: Any) -> PreTrainedModel:
+    if is_official_bagel_checkpoint(path):
         return BagelModel.from_pretrained(path, **kwargs)
-    else:
-        config_file = path / "config.json"
-        if not config_file.is_file():
-            raise ValueError(f"{path} has no config.json and is not an official BAGEL release folder")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"{path}: no config.json, and not an official BAGEL release folder")
     model_type = json.loads(config_file.read_text()).get("model_type")
     if model_type not in MODEL_CLASSES:
         raise ValueError(
-            f"{name_or_path}: model_type {model_type!r} is not a unified model trl-srum supports "
-            f"({sorted(MODEL_CLASSES)})"
+            f"{path}: model_type {model_type!r} is not a unified model trl-srum supports ({sorted(MODEL_CLASSES)})"
         )
-    return MODEL_CLASSES[model_type].from_pretrained(name_or_path, **kwargs)
+    return MODEL_CLASSES[model_type].from_pretrained(path, **kwargs)
 
 
 __all__ = ["MODEL_CLASSES", "BagelConfig", "BagelModel", "Blip3oConfig", "Blip3oModel", "load_unified_model"]

@@ -37,6 +37,17 @@ SPECIAL_TOKENS = {
     "vision_end_token_id": "<|vision_end|>",
 }
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+# Everything a BAGEL checkpoint of either layout may hold that loading reads: the official release (weights, the
+# autoencoder, the three configs, the Qwen2.5 tokenizer) or a save_pretrained folder (possibly sharded). A Hub
+# download fetches only these, never e.g. a README's images or other formats of the weights.
+CHECKPOINT_FILE_PATTERNS = (
+    "*.json",
+    OFFICIAL_WEIGHTS_NAME,
+    OFFICIAL_VAE_WEIGHTS_NAME,
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "merges.txt",
+)
 
 # Bagel-level settings of the official `config.json` that map onto `BagelConfig` fields of the same name.
 _OFFICIAL_BAGEL_FIELDS = (

@@ -42,6 +42,19 @@ _OFFICIAL_KEY_PREFIXES = (
 _IGNORED_OFFICIAL_PREFIX = "model.gen_vision_tower."
 # the official `diffusion-decoder/` stores its UNet and VAE weights as `diffusion_pytorch_model.bf16.safetensors`
 OFFICIAL_DECODER_VARIANT = "bf16"
+# What loading reads from a checkpoint of either layout: configs, processor and tokenizer files, the backbone + DiT
+# weights (possibly sharded) and the pixel decoder's configs and weights in the variant that is loaded. A Hub download
+# fetches only these (not, e.g., the decoder's weights in a second precision or a training state).
+_CHECKPOINT_FILE_PATTERNS = ("*.json", "*.jinja", "merges.txt", "model.safetensors", "model-*-of-*.safetensors")
+
+
+def checkpoint_file_patterns(config_dict: Mapping[str, Any]) -> list[str]:
+    """Glob patterns of the files a checkpoint whose `config.json` is `config_dict` needs to load."""
+    official = config_dict.get("model_type") in OFFICIAL_MODEL_TYPES
+    variant = f".{OFFICIAL_DECODER_VARIANT}" if official else ""
+    return [*_CHECKPOINT_FILE_PATTERNS, f"diffusion-decoder/*/diffusion_pytorch_model{variant}.safetensors"]
+
+
 # a sparse embedding table, as stored by the tiny fixture: the listed rows hold values, every other row is zero
 _SPARSE_EMBEDDING_KEY = "model.embed_tokens.weight"
 
