@@ -1,16 +1,16 @@
 """`trl-srum`: command-line entry points.
 
-    trl-srum rollout --config recipes/bagel/srum/config_7b.yaml [--model_name_or_path ...] [--rollout_dir ...]
+    trl-srum rollout --config recipes/bagel/srum/config_7b_lora_4bit.yaml [--model_name_or_path ...]
     trl-srum convert-official --jsonl train.jsonl --images images/ --output srum_data/
 
 `rollout` reads the same YAML recipes as `recipes/srum_bagel.py`; keys that belong to training are ignored.
+Heavy libraries are imported inside each command, so that `trl-srum --help` answers at once.
 """
 
 import argparse
 import logging
 import sys
-
-from trl import ModelConfig, TrlParser, get_quantization_config
+from collections.abc import Callable
 
 
 def _log_progress() -> None:
@@ -24,6 +24,8 @@ def _log_progress() -> None:
 
 
 def _rollout(argv: list[str]) -> None:
+    from trl import ModelConfig, TrlParser, get_quantization_config
+
     from .models import load_unified_model
     from .rollout import RolloutConfig, config_prompts, run_rollouts
     from .rollout.runner import rollout_state
@@ -60,7 +62,7 @@ def _rollout(argv: list[str]) -> None:
 def _convert_official(argv: list[str]) -> None:
     from .rollout import convert_official_srum_data
 
-    parser = argparse.ArgumentParser(prog="trl-srum convert-official", description=__doc__)
+    parser = argparse.ArgumentParser(prog="trl-srum convert-official", description=COMMANDS["convert-official"][1])
     parser.add_argument("--jsonl", required=True, help="the released SRUM training jsonl")
     parser.add_argument("--images", required=True, help="the folder of its images")
     parser.add_argument("--output", required=True, help="where to save the rollout dataset")
@@ -70,15 +72,42 @@ def _convert_official(argv: list[str]) -> None:
     print(f"wrote {len(dataset)} rollout rows to {args.output}")
 
 
-COMMANDS = {"rollout": _rollout, "convert-official": _convert_official}
+# name -> (entry point taking the command's own arguments, one line for the overview)
+COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
+    "rollout": (_rollout, "stage 1: draw candidates, propose regions and self-judge them into a rollout dataset"),
+    "convert-official": (_convert_official, "turn the released SRUM training data into a rollout dataset"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    return "\n".join(
+        [
+            "usage: trl-srum <command> [options]",
+            "",
+            "SRUM (fine-grained self-rewarding for unified multimodal models) from the command line.",
+            "",
+            "commands:",
+            *lines,
+            "",
+            "`trl-srum <command> --help` lists the options of one command.",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in COMMANDS:
-        print(__doc__, file=sys.stderr)
-        raise SystemExit(f"usage: trl-srum {{{','.join(COMMANDS)}}} ...")
-    COMMANDS[argv[0]](argv[1:])
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage())
+        return
+    if not argv:
+        print(usage(), file=sys.stderr)
+        raise SystemExit(2)
+    if argv[0] not in COMMANDS:
+        print(f"trl-srum: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+        raise SystemExit(2)
+    COMMANDS[argv[0]][0](argv[1:])
 
 
 if __name__ == "__main__":
