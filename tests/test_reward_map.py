@@ -1,4 +1,3 @@
-import json
 import math
 
 import pytest
@@ -6,11 +5,10 @@ import torch
 
 from trl_srum.reward_map import RewardMapStats, build_reward_map
 
-from .conftest import SHARED_DIR
+from .helpers import golden_cases, golden_fixture
 
 
-FIXTURE = SHARED_DIR / "fixtures" / "srum_official" / "cases.json"
-CASES = json.loads(FIXTURE.read_text())["reward_map_cases"]
+CASES = golden_cases(golden_fixture("srum_official", "SRUM_FIXTURE_DIR") / "cases.json", "reward_map_cases")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
@@ -106,3 +104,34 @@ class TestSignedMode:
             ]
             token_map = build_reward_map(g, regions, (64, 64), (8, 8), mode="signed")
             assert token_map.min() >= -1.0 and token_map.max() <= 1.0
+
+
+class TestPooling:
+    # A 1024 px image on BLIP3o's 8x8 grid: every token covers a 128 x 128 cell whose centre is at 64 + 128k.
+    SIZE, GRID = (1024, 1024), (8, 8)
+    SMALL_BOX = {"bbox": [10, 10, 40, 40], "score": 1.0}  # inside token (0, 0), away from its centre
+
+    def test_a_box_smaller_than_a_token_changes_that_token_under_area_pooling(self):
+        area = build_reward_map(1.0, [self.SMALL_BOX], self.SIZE, self.GRID, pooling="area")
+        # Official map: 0.5 background, 1.0 on the box (30 x 30 of the 128 x 128 cell).
+        expected = 0.5 + 0.5 * (30 * 30) / (128 * 128)
+        assert area[0, 0].item() == pytest.approx(expected, rel=1e-6)
+        others = area.flatten()[1:]
+        assert torch.equal(others, torch.full_like(others, 0.5))
+
+    def test_bilinear_pooling_reads_only_token_centres(self):
+        # The released behaviour, kept for parity: the same box has no effect at all.
+        bilinear = build_reward_map(1.0, [self.SMALL_BOX], self.SIZE, self.GRID, pooling="bilinear")
+        assert torch.equal(bilinear, torch.full(self.GRID, 0.5))
+
+    def test_area_pooling_is_the_mean_over_each_cell(self):
+        regions = [{"bbox": [100, 300, 700, 420], "score": 0.6}, {"bbox": [0, 0, 1024, 90], "score": -1.0}]
+        for mode in ("official", "signed"):
+            area = build_reward_map(0.3, regions, self.SIZE, self.GRID, mode, pooling="area")
+            pixels = build_reward_map(0.3, regions, self.SIZE, self.SIZE[::-1], mode, pooling="bilinear")
+            cell_means = pixels.double().reshape(8, 128, 8, 128).mean(dim=(1, 3))
+            torch.testing.assert_close(area.double(), cell_means, atol=1e-7, rtol=0)
+
+    def test_unknown_pooling_is_refused(self):
+        with pytest.raises(ValueError, match="unknown reward map pooling 'nearest'"):
+            build_reward_map(0.0, [], self.SIZE, self.GRID, pooling="nearest")

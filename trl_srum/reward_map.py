@@ -9,8 +9,13 @@ Two modes (formulas in docs/concepts.md):
   covering region of largest magnitude (0 on the background). Negative tokens are pushed away from their content by
   the bounded repulsion of `trl_srum.loss.srum_loss`.
 
-In both modes the pixel map is resized to the token grid with bilinear interpolation (``align_corners=False``, no
-antialiasing), exactly as the official code does, so each token reads the pixels around its centre.
+The pixel map then becomes one value per token in one of two ways (``pooling``):
+
+- ``"bilinear"`` (the released code): bilinear interpolation, ``align_corners=False``, no antialiasing, so each token
+  reads the few pixels around its centre. Where a token covers many pixels (BLIP3o: 128 x 128 at 1024 px), a region
+  that covers no token centre has no effect at all.
+- ``"area"``: each token takes the mean of the pixel map over its own cell, so every region moves the tokens it
+  touches in proportion to the part of the cell it covers.
 """
 
 import math
@@ -24,6 +29,8 @@ import torch.nn.functional as F
 
 RewardMapMode = Literal["official", "signed"]
 REWARD_MAP_MODES: tuple[str, ...] = ("official", "signed")
+RewardMapPooling = Literal["bilinear", "area"]
+REWARD_MAP_POOLINGS: tuple[str, ...] = ("bilinear", "area")
 
 
 @dataclass
@@ -82,28 +89,33 @@ def build_reward_map(
     grid_size: tuple[int, int],
     mode: RewardMapMode = "official",
     *,
+    pooling: RewardMapPooling = "bilinear",
     stats: RewardMapStats | None = None,
 ) -> torch.Tensor:
     """Build the reward of every latent token of one generated image.
 
     Args:
-        global_score: the layout score g in [-1, 1], or None when the global judge gave none (treated as 0 and
-            counted in `stats.missing_global`).
+        global_score: the layout score g in [-1, 1], or None when the global judge gave none: then treated as 0
+            and counted in `stats.missing_global` (whether such a row is trained on at all is the caller's choice;
+            `SRUMTrainer` drops it by default, see `SRUMConfig.missing_global_score`).
         regions: dicts with at least ``"bbox"`` = [x1, y1, x2, y2] (pixels, end-exclusive) and ``"score"``. Malformed
             boxes and regions without a score are skipped and counted.
         image_size: (width, height) in pixels of the image the boxes refer to.
         grid_size: (rows, cols) of the latent token grid.
         mode: ``"official"`` or ``"signed"`` (see the module docstring).
+        pooling: ``"bilinear"`` (released) or ``"area"`` (see the module docstring).
         stats: optional counters to accumulate into.
 
     Returns:
         A float32 tensor of shape (rows, cols).
 
     Raises:
-        ValueError: for an unknown mode, a non-positive size, or a NaN/inf score.
+        ValueError: for an unknown mode or pooling, a non-positive size, or a NaN/inf score.
     """
     if mode not in REWARD_MAP_MODES:
         raise ValueError(f"unknown reward map mode {mode!r}; expected one of {REWARD_MAP_MODES}")
+    if pooling not in REWARD_MAP_POOLINGS:
+        raise ValueError(f"unknown reward map pooling {pooling!r}; expected one of {REWARD_MAP_POOLINGS}")
     width, height = (int(v) for v in image_size)
     rows, cols = (int(v) for v in grid_size)
     if min(width, height, rows, cols) <= 0:
@@ -140,7 +152,11 @@ def build_reward_map(
     else:
         pixels = (pixels + g) / 2.0
 
-    tokens = F.interpolate(pixels[None, None], size=(rows, cols), mode="bilinear", align_corners=False)
+    if pooling == "bilinear":
+        tokens = F.interpolate(pixels[None, None], size=(rows, cols), mode="bilinear", align_corners=False)
+    else:
+        # Summed in float64: a float32 mean over a 128 x 128 cell is off by up to ~1e-4.
+        tokens = F.adaptive_avg_pool2d(pixels.double()[None, None], (rows, cols)).float()
     if stats is not None:
         stats.update(local_stats)
     return tokens[0, 0]
