@@ -226,3 +226,22 @@ def test_push_to_hub_uploads_adapter_config_and_a_complete_card(tmp_path, datase
     ):
         assert expected in card, expected
     assert (uploaded / "samples" / "grid.png").is_file()
+
+
+def test_rows_without_a_global_score_are_dropped_by_default_or_trained_on_as_neutral(tmp_path, dataset):
+    missing = dataset.map(lambda row, i: {"global_score": None if i < 3 else row["global_score"]}, with_indices=True)
+    dropped = SRUMTrainer(tiny_bagel_model(seed=0), make_config(tmp_path, max_steps=1), train_dataset=missing)
+    assert len(dropped.train_dataset) == 5 and None not in dropped.train_dataset["global_score"]
+
+    neutral_args = make_config(tmp_path, max_steps=1, per_device_train_batch_size=8, missing_global_score="neutral")
+    neutral = SRUMTrainer(tiny_bagel_model(seed=0), neutral_args, train_dataset=missing)
+    assert len(neutral.train_dataset) == 8
+    neutral.train()
+    logged = next(entry for entry in neutral.state.log_history if "reward_map/missing_global" in entry)
+    assert logged["reward_map/missing_global"] == 3
+
+    # A dataset that reaches the collator with such a row under "drop" is an error, never a silent g = 0.
+    with pytest.raises(ValueError, match="rollout row 'p0:0' has no global score"):
+        dropped.data_collator([missing[0]])
+    with pytest.raises(ValueError, match="missing_global_score"):
+        make_config(tmp_path, missing_global_score="zero")

@@ -1,14 +1,22 @@
 """Turn rollout rows into what one SRUM step needs: prompts, clean latents or images, and per-token rewards."""
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from .reward_map import RewardMapMode, RewardMapStats, build_reward_map
+from .reward_map import RewardMapMode, RewardMapPooling, RewardMapStats, build_reward_map
 from .rollout.schema import check_scores_finite
+
+
+logger = logging.getLogger(__name__)
+
+# Beyond this many pixels per token side, bilinear pooling (which reads only the pixels around a token's centre) can
+# miss a region entirely: say so once, since the released default is right for BAGEL but not for coarser grids.
+_COARSE_TOKEN_PIXELS = 32
 
 
 def _stored_latents(row: Mapping[str, Any]) -> tuple[torch.Tensor, tuple[int, int]] | None:
@@ -40,14 +48,20 @@ class SRUMDataCollator:
     Args:
         latent_grid: the model's `latent_grid`, used for rows whose latents must be encoded from the image.
         use_stored_latents: take the generator's own latents when a row has them.
-        reward_map_mode / use_global_reward / use_local_rewards: how scores become token rewards (see `SRUMConfig`).
+        reward_map_mode / reward_map_pooling / use_global_reward / use_local_rewards: how scores become token
+            rewards (see `SRUMConfig`).
+        missing_global_score: `"neutral"` builds the map of a row without a global score with g = 0 (counted);
+            `"drop"` expects such rows to have been removed (as `SRUMTrainer` does) and raises naming the row.
     """
 
     latent_grid: Callable[[tuple[int, int]], tuple[int, int]]
     use_stored_latents: bool = True
     reward_map_mode: RewardMapMode = "official"
+    reward_map_pooling: RewardMapPooling = "bilinear"
     use_global_reward: bool = True
     use_local_rewards: bool = True
+    missing_global_score: str = "drop"
+    _warned_coarse: bool = field(default=False, init=False, repr=False)
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         batch: dict[str, list[Any]] = {
@@ -71,9 +85,23 @@ class SRUMDataCollator:
                 except ValueError as error:
                     raise ValueError(f"rollout row {row_id!r}: {error}") from error
             global_score = row.get("global_score") if self.use_global_reward else 0.0
+            if global_score is None and self.missing_global_score != "neutral":
+                raise ValueError(
+                    f"rollout row {row_id!r} has no global score; drop such rows first or set "
+                    "missing_global_score='neutral' to train on them with g = 0"
+                )
             regions = (row.get("regions") or []) if self.use_local_rewards else []
             num_regions += len(regions)
-            rewards = build_reward_map(global_score, regions, image.size, grid, self.reward_map_mode, stats=stats)
+            self._warn_if_coarse(image.size, grid)
+            rewards = build_reward_map(
+                global_score,
+                regions,
+                image.size,
+                grid,
+                self.reward_map_mode,
+                pooling=self.reward_map_pooling,
+                stats=stats,
+            )
 
             batch["row_ids"].append(row_id)
             batch["prompts"].append(str(row["prompt"]))
@@ -83,3 +111,16 @@ class SRUMDataCollator:
             batch["token_rewards"].append(rewards.flatten())
             batch["global_scores"].append(row.get("global_score"))
         return {**batch, "reward_stats": {**asdict(stats), "regions": num_regions}}
+
+    def _warn_if_coarse(self, image_size: tuple[int, int], grid: tuple[int, int]) -> None:
+        pixels_per_token = max(image_size[0] / grid[1], image_size[1] / grid[0])
+        if (
+            self.reward_map_pooling == "bilinear"
+            and pixels_per_token > _COARSE_TOKEN_PIXELS
+            and not self._warned_coarse
+        ):
+            self._warned_coarse = True
+            logger.warning(
+                f"a latent token covers {pixels_per_token:.0f} pixels per side: with reward_map_pooling='bilinear' "
+                "a region that covers no token centre has no effect; reward_map_pooling='area' averages each cell"
+            )

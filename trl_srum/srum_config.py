@@ -5,11 +5,12 @@ from trl.trainer.base_config import _BaseConfig
 
 from .flow import TIMESTEP_SAMPLINGS
 from .loss import CONSTRAINT_TYPES
-from .reward_map import REWARD_MAP_MODES
+from .reward_map import REWARD_MAP_MODES, REWARD_MAP_POOLINGS
 
 
 TRAINABLE_PARAMETER_SETS: tuple[str, ...] = ("generation", "all")
 LATENT_SOURCES: tuple[str, ...] = ("auto", "stored", "encode")
+MISSING_GLOBAL_SCORE_POLICIES: tuple[str, ...] = ("drop", "neutral")
 
 
 @dataclass
@@ -45,6 +46,11 @@ class SRUMConfig(_BaseConfig):
         reward_map_mode (`str`, *optional*, defaults to `"official"`):
             `"official"` reproduces the released code (rewards in [0, 1], regions scored ≤ 0 have no effect);
             `"signed"` follows the paper (rewards in [-1, 1], negative regions are pushed away, boundedly).
+        reward_map_pooling (`str`, *optional*, defaults to `"bilinear"`):
+            How the pixel map becomes one reward per latent token. `"bilinear"` is the released code (each token reads
+            the pixels around its centre; exact for BAGEL's 16-pixel tokens). `"area"` gives each token the mean over
+            its cell, so a region smaller than a token still counts: use it where a token covers many pixels
+            (BLIP3o's 8×8 grid, whose recipes set it).
         repulsion_margin (`float`, *optional*, defaults to `1.0`):
             Per-token squared error at which the repulsion of a negative-reward token stops (`"signed"` only).
         use_global_reward (`bool`, *optional*, defaults to `True`):
@@ -53,6 +59,10 @@ class SRUMConfig(_BaseConfig):
             Whether region scores enter the map. `False` keeps only the global score (ablation).
         drop_failed_rollouts (`bool`, *optional*, defaults to `True`):
             Whether to train only on rollout rows whose `status` is `"ok"`.
+        missing_global_score (`str`, *optional*, defaults to `"drop"`):
+            What to do with a row whose regions were judged but whose global score is missing (`null`). `"drop"`
+            leaves it out (as the released pipeline does: its formatter drops every row with g = 0, failures
+            included); `"neutral"` trains on it with g = 0 and counts it (`reward_map/missing_global`).
 
         > Parameters that control the flow-matching path
 
@@ -134,6 +144,13 @@ class SRUMConfig(_BaseConfig):
             "choices": list(REWARD_MAP_MODES),
         },
     )
+    reward_map_pooling: str = field(
+        default="bilinear",
+        metadata={
+            "help": "Pixel map -> tokens: 'bilinear' (released; token centres) or 'area' (mean over each token's cell).",
+            "choices": list(REWARD_MAP_POOLINGS),
+        },
+    )
     repulsion_margin: float = field(
         default=1.0, metadata={"help": "Squared error at which a negative token's repulsion stops ('signed')."}
     )
@@ -141,6 +158,13 @@ class SRUMConfig(_BaseConfig):
     use_local_rewards: bool = field(default=True, metadata={"help": "Whether region scores enter the map."})
     drop_failed_rollouts: bool = field(
         default=True, metadata={"help": "Train only on rollout rows whose status is 'ok'."}
+    )
+    missing_global_score: str = field(
+        default="drop",
+        metadata={
+            "help": "Rows without a global score: 'drop' them (released pipeline) or train with a 'neutral' g = 0.",
+            "choices": list(MISSING_GLOBAL_SCORE_POLICIES),
+        },
     )
 
     # Parameters that control the flow-matching path
@@ -175,6 +199,8 @@ class SRUMConfig(_BaseConfig):
         choice("trainable_parameters", TRAINABLE_PARAMETER_SETS)
         choice("constraint", CONSTRAINT_TYPES)
         choice("reward_map_mode", REWARD_MAP_MODES)
+        choice("reward_map_pooling", REWARD_MAP_POOLINGS)
+        choice("missing_global_score", MISSING_GLOBAL_SCORE_POLICIES)
         choice("timestep_sampling", TIMESTEP_SAMPLINGS)
         choice("latent_source", LATENT_SOURCES)
 

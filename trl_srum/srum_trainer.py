@@ -115,8 +115,10 @@ class SRUMTrainer(_BaseTrainer):
             latent_grid=model.latent_grid,
             use_stored_latents=args.latent_source != "encode",
             reward_map_mode=args.reward_map_mode,
+            reward_map_pooling=args.reward_map_pooling,
             use_global_reward=args.use_global_reward,
             use_local_rewards=args.use_local_rewards,
+            missing_global_score=args.missing_global_score,
         )
         super().__init__(
             model=model,
@@ -202,6 +204,14 @@ class SRUMTrainer(_BaseTrainer):
             kept = [i for i, status in enumerate(dataset["status"]) if status == STATUS_OK]
             if len(kept) < len(dataset):
                 logger.warning(f"{name}: training on {len(kept)} of {len(dataset)} rows (status != 'ok' dropped)")
+                dataset = dataset.select(kept)
+        if args.use_global_reward and args.missing_global_score == "drop":
+            kept = [i for i, score in enumerate(dataset["global_score"]) if score is not None]
+            if len(kept) < len(dataset):
+                logger.warning(
+                    f"{name}: dropped {len(dataset) - len(kept)} of {len(dataset)} rows without a global score "
+                    "(missing_global_score='drop'; 'neutral' trains on them with g = 0)"
+                )
                 dataset = dataset.select(kept)
         if len(dataset) == 0:
             raise ValueError(f"{name} has no trainable rows")

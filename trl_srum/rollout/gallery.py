@@ -86,9 +86,15 @@ def summarize_rollouts(dataset: Dataset, rollout_dir: str | Path) -> str:
     notes = Counter(
         re.sub(r"\d+", "N", note) for error in dataset["error"] for note in filter(None, (error or "").split("; "))
     )
+    missing_global = sum(
+        status == STATUS_OK and score is None
+        for status, score in zip(dataset["status"], dataset["global_score"], strict=True)
+    )
     summary = {
         "rows": len(dataset),
         "status": dict(Counter(dataset["status"])),
+        # judged rows whose global verdict is missing: SRUMTrainer drops them unless missing_global_score='neutral'
+        "ok_rows_without_global_score": missing_global,
         "notes": dict(notes.most_common()),
         "regions_per_image": (sum(len(r) for r in region_lists) / len(dataset)) if len(dataset) else 0.0,
         "histogram_edges": HISTOGRAM_EDGES.tolist(),
@@ -101,6 +107,7 @@ def summarize_rollouts(dataset: Dataset, rollout_dir: str | Path) -> str:
 
     lines = [f"stage 1: {summary['rows']} rows, {summary['regions_per_image']:.2f} regions per image"]
     lines += [f"  status {status}: {count}" for status, count in summary["status"].items()]
+    lines.append(f"  ok rows without a global score: {missing_global}")
     lines += [f"  note '{note}': {count}" for note, count in summary["notes"].items()]
     for name in ("global_score", "region_score"):
         counts = summary[f"{name}_histogram"]
