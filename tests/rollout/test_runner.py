@@ -1,6 +1,7 @@
 """The stage-1 runner on bad input: every failure is recorded on its own row and the run goes on; configuration
 errors fail at once; the relevance filter; resuming only with the settings the shards were written with."""
 
+import json
 import os
 
 import numpy as np
@@ -15,7 +16,7 @@ from trl_srum.models.bagel.tiny import tiny_bagel_model
 from trl_srum.rollout import PromptRecord, RolloutRunner, candidate_seed, run_rollouts
 from trl_srum.rollout.proposals import RegionProposal
 
-from .utils import assert_same_rows, by_row_id, pixels, rollout_config, tiny_bagel_of
+from .utils import ScriptedJudgeBagel, assert_same_rows, by_row_id, pixels, rollout_config, tiny_bagel_of
 
 
 BOXES = ((0.0, 0.0, 8.0, 8.0), (8.0, 0.0, 16.0, 8.0), (0.0, 8.0, 16.0, 16.0), (4.0, 4.0, 12.0, 12.0))
@@ -247,3 +248,24 @@ def test_a_model_in_training_mode_is_rolled_out_in_eval_mode_without_autograd_an
     dataset = run_rollouts(model, prompts, rollout_config(tmp_path / "run"))
     assert model.modes == [(False, False)]
     assert model.training and dataset[0]["status"] == "ok"
+
+
+class NoGlobalVerdictBagel(ScriptedJudgeBagel):
+    """Scores every region but never gives a parsable global verdict."""
+
+    def answer_questions(self, images, questions, **kwargs) -> list[str]:
+        answers = super().answer_questions(images, questions, **kwargs)
+        return ["no idea" if q.startswith("layout score") else a for q, a in zip(questions, answers, strict=True)]
+
+
+def test_a_missing_global_score_is_flagged_and_counted_never_neutral(tmp_path):
+    model = tiny_bagel_of(NoGlobalVerdictBagel)
+    config = rollout_config(tmp_path / "run", judge_mode="text", judge_retries=1)
+    dataset = RolloutRunner(model, config, proposer=fixed_boxes).run([PromptRecord("p0", "a red circle")])
+    (row,) = dataset
+    # Judged (its regions have scores), so the row stays ok; the missing global verdict is null and noted.
+    assert row["status"] == "ok" and row["global_score"] is None
+    assert all(region["score"] is not None for region in row["regions"])
+    assert "judge gave no global score" in row["error"]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["ok_rows_without_global_score"] == 1

@@ -195,6 +195,15 @@ def _final_answer(text: str) -> str:
     return text
 
 
+def final_answer_text(text: str) -> str:
+    """The normalised part of a judge's answer that holds its final answer (see "Where the answer is read from").
+
+    Normalised as every parser here reads it: unicode folded, dashes made ASCII, markdown emphasis, backticks and code
+    fences removed. For parsers of other answer formats (e.g. the evaluation judge's 0-100 scores).
+    """
+    return _final_answer(_normalize(text))
+
+
 def _value(match: re.Match[str]) -> ScoreParse | None:
     if match.group("scale"):
         return None
@@ -370,7 +379,7 @@ def parse_global_score_detailed(text: str) -> ScoreParse | None:
     Returns:
         [`ScoreParse`] or `None` when the answer holds no score, or its last score is on another scale (`8/10`).
     """
-    answer = _final_answer(_normalize(text))
+    answer = final_answer_text(text)
     candidates = _score_labels(answer) + _table_entries(answer, with_regions=False)[0]
     if candidates:
         overall = [entry for entry in candidates if entry.overall]
@@ -409,7 +418,7 @@ def parse_region_scores_detailed(text: str, num_regions: int) -> list[ScoreParse
     """
     if num_regions < 0:
         raise ValueError(f"num_regions must be >= 0, got {num_regions}")
-    answer = _final_answer(_normalize(text))
+    answer = final_answer_text(text)
     object_entries, object_spans = _object_entries(answer)
     table_entries, table_spans = _table_entries(answer, with_regions=True)
     # Text already read as objects or tables is blanked so that its "score" keys are not read twice.
@@ -464,7 +473,7 @@ def parse_boxes(text: str, image_size: tuple[int, int]) -> list[tuple[float, flo
     if width <= 0 or height <= 0:
         raise ValueError(f"image_size must be a positive (width, height), got {image_size}")
     boxes = []
-    for match in _BOX.finditer(_final_answer(_normalize(text))):
+    for match in _BOX.finditer(final_answer_text(text)):
         coords = [float(c) for c in match.groups() if c is not None]
         x1, x2 = (min(max(c, 0.0), float(width)) for c in coords[0::2])
         y1, y2 = (min(max(c, 0.0), float(height)) for c in coords[1::2])

@@ -13,7 +13,7 @@ Two modes:
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from PIL import Image
@@ -47,6 +47,21 @@ class Judgement:
     region_output: str = field(default="", metadata={"help": "Raw text of the region judgement (text mode)."})
     clamped_scores: int = field(default=0, metadata={"help": "Scores the judge wrote outside [-1, 1]."})
     attempts: int = field(default=0, metadata={"help": "Text generations used, retries included."})
+
+
+class Judge(Protocol):
+    """What stage 1 asks a judge: `SelfJudge` (the model itself) implements it; so can a stand-in for experiments,
+    e.g. an oracle that gives the upper bound of perfect rewards."""
+
+    def relevance(self, image: Image.Image, prompt: str, boxes: Sequence[Box]) -> list[float]:
+        """Probability that each region is relevant to the prompt."""
+        ...
+
+    def judge(
+        self, image: Image.Image, prompt: str, boxes: Sequence[Box], generator: torch.Generator | None = None
+    ) -> Judgement:
+        """A global score and one score per box (boxes in the image's pixels)."""
+        ...
 
 
 class SelfJudge:

@@ -17,7 +17,12 @@ class PromptRecord:
     category: str = ""
 
 
-def _record(item: object, index: int, where: Path) -> PromptRecord:
+def prompt_record(item: object, index: int, where: str | Path) -> PromptRecord:
+    """One prompt from an entry of a prompt file or a row of a dataset.
+
+    An entry is a string, or an object with `prompt` (or `Question`) and optionally `category` (`Category`) and
+    `prompt_id` (`Question_id`; default: the entry's index).
+    """
     if isinstance(item, str):
         return PromptRecord(str(index), item)
     if not isinstance(item, dict):
@@ -66,7 +71,7 @@ def load_prompts(path: str | Path) -> list[PromptRecord]:
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON ({error.msg}, line {error.lineno})") from error
 
-    records = [_record(item, index, path) for index, item in enumerate(items)]
+    records = [prompt_record(item, index, path) for index, item in enumerate(items)]
     if not records:
         raise ValueError(f"{path}: the file holds no prompts")
     seen: set[str] = set()

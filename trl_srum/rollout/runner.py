@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -15,7 +15,7 @@ from accelerate import PartialState
 from datasets import Dataset, load_from_disk
 from tqdm.auto import tqdm
 
-from ..judge.scoring import SelfJudge
+from ..judge.scoring import Judge, SelfJudge
 from ..protocol import GeneratedImage, UnifiedModel
 from .config import RolloutConfig
 from .gallery import summarize_rollouts, write_gallery
@@ -44,6 +44,15 @@ def rollout_state() -> PartialState:
     process joins a CPU (gloo) group instead. An already initialised state (e.g. from a trainer) is kept.
     """
     return PartialState(cpu=not torch.accelerator.is_available())
+
+
+def deal_batches(num_batches: int, done: Container[int], state: PartialState) -> list[int]:
+    """The batches this process does: dealt round-robin, skipping those already done.
+
+    Batches are cut in a canonical order before they are dealt, so their composition, hence every result, is the same
+    for any process count, and a resumed run redoes none of the finished ones.
+    """
+    return [b for b in range(num_batches) if b % state.num_processes == state.process_index and b not in done]
 
 
 def _to_numpy(tensor: torch.Tensor):
@@ -119,7 +128,7 @@ class RolloutRunner:
         model: UnifiedModel,
         config: RolloutConfig,
         proposer: RegionProposer | None = None,
-        judge: SelfJudge | None = None,
+        judge: Judge | None = None,
     ):
         self.model = model
         self.config = config
@@ -198,6 +207,9 @@ class RolloutRunner:
         if not judged:
             row["status"] = "judge_failed"
             notes.append("the judge's answers could not be parsed")
+        elif judgement.global_score is None:
+            # Still a judged row (its regions have scores); the trainer decides whether it is trained on.
+            notes.append("judge gave no global score")
         row["error"] = "; ".join(notes)
         return row
 
@@ -293,6 +305,7 @@ class RolloutRunner:
             "model": type(self.model).__name__,
             "model_weights": weights_fingerprint(self.model),
             "proposer": type(self.proposer).__name__ if self.proposer is not None else None,
+            "judge": type(self.judge).__name__,
         }
 
     def run(self, prompts: Sequence[PromptRecord]) -> Dataset:
@@ -317,8 +330,7 @@ class RolloutRunner:
         self.writer.check_manifest(self.manifest(prompts), write=state.is_main_process)
         state.wait_for_everyone()
         done = self.writer.completed_batches()
-        # Batches are dealt round-robin: their composition, hence every row, is the same for any process count.
-        mine = [b for b in range(len(batches)) if b % state.num_processes == state.process_index and b not in done]
+        mine = deal_batches(len(batches), done, state)
         logger.info(
             f"stage 1: process {state.process_index} of {state.num_processes} takes {len(mine)} of {len(batches)} "
             f"batches ({len(done)} already done) in {config.rollout_dir}"

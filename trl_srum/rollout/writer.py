@@ -4,11 +4,13 @@ Work is cut into batches in a canonical order that does not depend on the number
 batch is saved as one shard with `datasets`, written to a temporary folder and renamed into place, so a shard on
 disk is always complete. A restarted run skips the batches whose shards exist and recomputes the rest; since every
 row depends only on its own seed and its batch, the merged dataset equals the one an uninterrupted run writes.
+
+`write_atomically` and `check_manifest` are the same guarantees for any resumable output (`trl-srum eval` uses them).
 """
 
 import json
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,35 +39,12 @@ class RolloutWriter:
     def check_manifest(self, manifest: Mapping[str, Any], write: bool = True) -> None:
         """Check that a resumed run has the settings the existing shards were written with; record them if new.
 
-        Every process checks (so all of them fail together), only the one given `write=True` records.
-
-        Shards written under other settings (prompts, seeds, batch size, judge, ...) must never be mixed with new ones:
-        the merged dataset would silently differ from the one a single run writes.
-
-        Raises:
-            ValueError: naming the settings that differ from those the existing shards were written with.
+        See `check_manifest`; every process checks (so all of them fail together), only the one given `write=True`
+        records.
         """
-        manifest = json.loads(json.dumps(manifest))  # tuples -> lists, as they come back from the file
-        if self.manifest_path.is_file():
-            previous = json.loads(self.manifest_path.read_text())
-            if previous != manifest:
-                differ = _differences(previous, manifest)
-                raise ValueError(
-                    f"{self.output_dir} holds rollouts written with other settings ({'; '.join(differ)}); "
-                    "resume with the same settings or choose another rollout_dir"
-                )
-            return
-        if self.completed_batches():
-            raise ValueError(
-                f"{self.shard_dir} holds shards but no {MANIFEST_NAME}: cannot tell which settings wrote them; "
-                "choose another rollout_dir"
-            )
-        if not write:
-            return
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        temporary = self.output_dir / f".tmp-{MANIFEST_NAME}"
-        temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        temporary.replace(self.manifest_path)
+        check_manifest(
+            self.manifest_path, manifest, results=self.shard_dir if self.completed_batches() else None, write=write
+        )
 
     def _shard_path(self, batch_index: int) -> Path:
         return self.shard_dir / f"batch-{batch_index:07d}"
@@ -79,12 +58,8 @@ class RolloutWriter:
 
     def write_batch(self, batch_index: int, rows: Iterable[Mapping[str, Any]]) -> None:
         """Save one batch atomically: a crash leaves either the whole shard or none of it."""
-        final = self._shard_path(batch_index)
-        temporary = self.shard_dir / f".tmp-{final.name}"
-        if temporary.exists():
-            shutil.rmtree(temporary)
-        Dataset.from_list([dict(row) for row in rows], features=ROLLOUT_FEATURES).save_to_disk(str(temporary))
-        temporary.rename(final)
+        shard = Dataset.from_list([dict(row) for row in rows], features=ROLLOUT_FEATURES)
+        write_atomically(self._shard_path(batch_index), lambda temporary: shard.save_to_disk(str(temporary)))
 
     def merge(self, num_batches: int) -> Dataset:
         """Concatenate every shard in batch order into `output_dir/dataset` and return it.
@@ -97,14 +72,65 @@ class RolloutWriter:
             raise RuntimeError(f"cannot merge rollouts in {self.output_dir}: batches {missing[:10]} are missing")
         shards = [load_from_disk(str(self._shard_path(index))) for index in range(num_batches)]
         merged = concatenate_datasets(shards) if shards else Dataset.from_list([], features=ROLLOUT_FEATURES)
-        temporary = self.output_dir / f".tmp-{DATASET_DIRNAME}"
-        if temporary.exists():
-            shutil.rmtree(temporary)
-        merged.save_to_disk(str(temporary))
-        if self.dataset_dir.exists():
-            shutil.rmtree(self.dataset_dir)
-        temporary.rename(self.dataset_dir)
+        write_atomically(self.dataset_dir, lambda temporary: merged.save_to_disk(str(temporary)))
         return load_from_disk(str(self.dataset_dir))
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """Write a file or folder through `write(temporary)`, then rename it into place at `path`.
+
+    A crash leaves either the whole new `path` or none of it (a leftover temporary is cleared by the next attempt).
+    A folder already at `path` is replaced; a file is replaced in one step.
+    """
+    temporary = path.with_name(f".tmp-{path.name}")
+    _remove(temporary)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write(temporary)
+    if path.is_dir():
+        shutil.rmtree(path)
+    temporary.replace(path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def check_manifest(path: Path, manifest: Mapping[str, Any], *, results: Path | None, write: bool = True) -> None:
+    """Check that resumed work has the settings of the results already on disk; record the settings if new.
+
+    Results written under other settings (prompts, seeds, batch size, judge, ...) must never be mixed with new ones:
+    the merged output would silently differ from the one a single uninterrupted run writes.
+
+    Args:
+        path: the manifest file.
+        manifest: everything the results depend on (JSON-compatible).
+        results: the folder of existing results, or None when there are none yet.
+        write: record a new manifest (give it to one process only).
+
+    Raises:
+        ValueError: naming the settings that differ from those the existing results were written with, or when
+            results exist without a manifest.
+    """
+    manifest = json.loads(json.dumps(manifest))  # tuples -> lists, as they come back from the file
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous != manifest:
+            differ = _differences(previous, manifest)
+            raise ValueError(
+                f"{path.parent} holds results written with other settings ({'; '.join(differ)}); "
+                "resume with the same settings or choose another output folder"
+            )
+        return
+    if results is not None:
+        raise ValueError(
+            f"{results} holds {results.name} but no {path.name}: cannot tell which settings wrote them; "
+            "choose another output folder"
+        )
+    if write:
+        write_atomically(path, lambda temporary: temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True)))
 
 
 def _differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:

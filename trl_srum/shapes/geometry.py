@@ -1,56 +1,13 @@
-"""Boxes and GenEval's relative-position rule, shared by the renderer and the oracle.
+"""Boxes and GenEval's relative-position rule, as the shapes world's renderer and oracle use them.
 
-Coordinates are image pixels with x growing rightwards and y growing downwards, so "above" means a smaller y. Boxes are
-``(x1, y1, x2, y2)``, end-exclusive. An object drawn several times is located by the union box of its instances: its
-centre is that box's centre and its size along each axis is that box's width or height.
-
-GenEval's rule (``relative_position`` in its evaluation script): with ``offset = centre_a - centre_b`` and ``dims`` the
-per-axis sizes, each offset component is shrunk towards zero by ``threshold * (dim_a + dim_b)`` (threshold 0.1), then
-divided by the length of the raw offset. "a left_of b" holds when the x component is below -0.5, "right_of" when above
-0.5, and likewise "above" / "below" for y. Both a horizontal and a vertical relation can hold for a diagonal layout.
+The rules live in `trl_srum.object_rules` (shared with the `geneval` evaluation protocol); see that module for the
+coordinate conventions and the rule itself. In the shapes world an object drawn several times is located by the union
+box of its instances: its centre is that box's centre and its size along each axis is that box's width or height.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-
-import numpy as np
+from trl_srum.object_rules import POSITION_THRESHOLD, Box, relation_components, relations, union_box
 
 
-Box = tuple[float, float, float, float]
-POSITION_THRESHOLD = 0.1
-
-
-def union_box(boxes: Iterable[Sequence[float]]) -> Box:
-    """The smallest box containing every given box."""
-    arr = np.asarray(list(boxes), dtype=float).reshape(-1, 4)
-    if len(arr) == 0:
-        raise ValueError("union_box needs at least one box")
-    return (arr[:, 0].min(), arr[:, 1].min(), arr[:, 2].max(), arr[:, 3].max())
-
-
-def relation_components(box_a: Sequence[float], box_b: Sequence[float], threshold: float) -> tuple[float, float]:
-    """GenEval's margin-reduced offset of a from b over the raw offset length, (dx, dy); (0, 0) for equal centres."""
-    a, b = np.asarray(box_a, dtype=float), np.asarray(box_b, dtype=float)
-    offset = (a[:2] + a[2:]) / 2 - (b[:2] + b[2:]) / 2
-    dims = (a[2:] - a[:2]) + (b[2:] - b[:2])
-    revised = np.maximum(np.abs(offset) - threshold * dims, 0) * np.sign(offset)
-    norm = float(np.linalg.norm(offset))
-    if np.all(np.abs(revised) < 1e-3) or norm == 0:
-        return 0.0, 0.0
-    return float(revised[0] / norm), float(revised[1] / norm)
-
-
-def relations(box_a: Sequence[float], box_b: Sequence[float], threshold: float = POSITION_THRESHOLD) -> set[str]:
-    """Every relation "a <R> b" that holds by GenEval's rule."""
-    dx, dy = relation_components(box_a, box_b, threshold)
-    found = set()
-    if dx < -0.5:
-        found.add("left_of")
-    if dx > 0.5:
-        found.add("right_of")
-    if dy < -0.5:
-        found.add("above")
-    if dy > 0.5:
-        found.add("below")
-    return found
+__all__ = ["POSITION_THRESHOLD", "Box", "relation_components", "relations", "union_box"]

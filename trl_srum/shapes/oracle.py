@@ -21,7 +21,7 @@ Reading (`detect`; numpy only, deterministic, a few ms for 64x64):
 Judging (`judge`, `evaluate`): the image is correct iff the background is right, every spec object is found exactly
 ``count`` times (detections of its colour and shape), nothing else is found (an extra object of any colour or shape,
 including unknown ones, makes the image wrong, like GenEval's exact counting), and the relation, if any, holds by
-GenEval's rule (`trl_srum.shapes.geometry`) between the union boxes of the two objects' detected instances.
+GenEval's rule (`trl_srum.object_rules`) between the union boxes of the two objects' detected instances.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from trl_srum.shapes.geometry import relations, union_box
+from trl_srum.object_rules import group_relations
 from trl_srum.shapes.spec import BACKGROUND, COLORS, PALETTE, validate_spec
 from trl_srum.shapes.splits import CATEGORIES
 
@@ -127,11 +127,9 @@ def judge(reading: Reading, spec: Mapping[str, Any]) -> dict[str, Any]:
     relation = None
     if spec["relation"] is not None:
         a, b = ((o["color"], o["shape"]) for o in spec["objects"])
-        found_relations: set[str] = set()
-        if matched[a] and matched[b]:
-            found_relations = relations(
-                union_box(det.box for det in matched[a]), union_box(det.box for det in matched[b])
-            )
+        found_relations = group_relations(
+            [det.box for det in matched[a]], [det.box for det in matched[b]], locate="union"
+        )
         kind = spec["relation"]["type"]
         relation = {"type": kind, "holds": kind in found_relations, "found": sorted(found_relations)}
     correct = (
