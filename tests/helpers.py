@@ -66,11 +66,14 @@ def tiny_rollout_rows(
     num_rows: int = 8,
     image_size: tuple[int, int] = (16, 16),
     seed: int = 0,
+    candidates_per_prompt: int = 1,
     **sampling: Any,
 ) -> list[dict]:
     """Rows of the rollout schema with images and latents drawn by `model` (BAGEL's sampler with 3 steps unless
-    `sampling` says otherwise) and made-up judgements."""
-    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(num_rows)]
+    `sampling` says otherwise) and made-up judgements; consecutive rows are candidates of one prompt in groups of
+    `candidates_per_prompt` (each drawn from its own seed, and scored differently)."""
+    prompt_indices = [index // candidates_per_prompt for index in range(num_rows)]
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in prompt_indices]
     with torch.no_grad():
         generated = model.generate_images(
             prompts,
@@ -80,14 +83,15 @@ def tiny_rollout_rows(
         )
     width, height = image_size
     rows = []
-    for index, (prompt, sample) in enumerate(zip(prompts, generated, strict=True)):
+    for index, (prompt_index, prompt, sample) in enumerate(zip(prompt_indices, prompts, generated, strict=True)):
+        candidate = index % candidates_per_prompt
         rows.append(
             {
-                "row_id": make_row_id(f"p{index}", 0),
-                "prompt_id": f"p{index}",
+                "row_id": make_row_id(f"p{prompt_index}", candidate),
+                "prompt_id": f"p{prompt_index}",
                 "prompt": prompt,
                 "category": "",
-                "candidate_index": 0,
+                "candidate_index": candidate,
                 "seed": seed + index,
                 "image": sample.image,
                 "latents": sample.latents.numpy(),

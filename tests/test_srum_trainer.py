@@ -67,7 +67,7 @@ def test_full_generation_training_reduces_the_loss_and_keeps_the_judge(tmp_path,
     before, after = train_and_evaluate(trainer)
     assert after < 0.85 * before
     history = [entry for entry in trainer.state.log_history if "loss_reward" in entry]
-    assert history and all(math.isfinite(entry["loss_constraint"]) for entry in history)
+    assert history and all(math.isfinite(entry["loss_anchor"]) for entry in history)
     assert {"reward/mean", "reward/min", "global_score/mean", "reward_map/skipped_boxes"} <= set(history[0])
     generation = set(model.generation_parameter_names())
     for name, parameter in model.named_parameters():
@@ -121,7 +121,7 @@ def test_reference_constraint_starts_at_zero_and_grows(tmp_path, dataset, use_pe
     )
     assert (trainer.ref_model is None) == use_peft
     trainer.train()
-    constraints = [entry["loss_constraint"] for entry in trainer.state.log_history if "loss_constraint" in entry]
+    constraints = [entry["loss_reference"] for entry in trainer.state.log_history if "loss_reference" in entry]
     # At step 0 the trained model is the reference; then it moves away from it.
     assert constraints[0] == pytest.approx(0.0, abs=1e-10)
     assert constraints[-1] > 0.0

@@ -1,81 +1,30 @@
-"""`trl-srum`: command-line entry points.
+"""`trl-srum`: the command line. Each command is a module of `trl_srum.scripts` with a `main(argv)`, imported only
+when it runs, so that `trl-srum --help` answers at once.
 
-    trl-srum rollout --config recipes/bagel/srum/config_7b_lora_4bit.yaml [--model_name_or_path ...]
+    trl-srum run --config recipes/bagel/srum/config_7b_lora_4bit.yaml --model_name_or_path ByteDance-Seed/BAGEL-7B-MoT
+    trl-srum rollout --config recipes/bagel/srum/config_7b_lora_4bit.yaml
+    trl-srum train --dataset_name output/srum-bagel-7b-lora-4bit/rollouts/dataset --output_dir srum-bagel
+    trl-srum eval --protocol compbench-vlm --prompts val_comp.json --model_name_or_path srum-bagel
     trl-srum convert-official --jsonl train.jsonl --images images/ --output srum_data/
-
-`rollout` reads the same YAML recipes as `recipes/srum_bagel.py`; keys that belong to training are ignored.
-Heavy libraries are imported inside each command, so that `trl-srum --help` answers at once.
 """
 
-import argparse
-import logging
+import importlib
 import sys
-from collections.abc import Callable
 
 
-def _log_progress() -> None:
-    # The runner reports which batches each process takes and the summary through `logging`.
-    package_logger = logging.getLogger("trl_srum")
-    if not package_logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
-        package_logger.addHandler(handler)
-        package_logger.setLevel(logging.INFO)
-
-
-def _rollout(argv: list[str]) -> None:
-    from trl import ModelConfig, TrlParser, get_quantization_config
-
-    from .models import load_unified_model
-    from .rollout import RolloutConfig, config_prompts, run_rollouts
-    from .rollout.runner import rollout_state
-
-    parser = TrlParser((RolloutConfig, ModelConfig), prog="trl-srum rollout")
-    # Keys of the YAML that belong to training are ignored; unknown command-line options are typos.
-    rollout_config, model_args, _, unknown = parser.parse_args_and_config(
-        argv, return_remaining_strings=True, separate_remaining_strings=True
-    )
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    _log_progress()
-    if not model_args.model_name_or_path:
-        # As in recipes/srum_bagel.py: no model named means the shapes-world BAGEL that ships with the package.
-        from .shapes.pretrained import DEFAULT_MODEL_DIR
-
-        model_args.model_name_or_path = str(DEFAULT_MODEL_DIR)
-        logging.getLogger("trl_srum").info(f"no model named: using the shipped shapes-world model {DEFAULT_MODEL_DIR}")
-    # A bad prompt file fails here, before the model is loaded.
-    prompts = config_prompts(rollout_config)
-    state = rollout_state()
-    # each process draws on its own device
-    model = load_unified_model(
-        model_args.model_name_or_path,
-        state.device,
-        dtype=model_args.dtype,
-        quantization_config=get_quantization_config(model_args),
-    )
-    dataset = run_rollouts(model.eval(), prompts, rollout_config)
-    if state.is_main_process:
-        print(f"wrote {len(dataset)} rollout rows to {rollout_config.rollout_dir}/dataset")
-
-
-def _convert_official(argv: list[str]) -> None:
-    from .rollout import convert_official_srum_data
-
-    parser = argparse.ArgumentParser(prog="trl-srum convert-official", description=COMMANDS["convert-official"][1])
-    parser.add_argument("--jsonl", required=True, help="the released SRUM training jsonl")
-    parser.add_argument("--images", required=True, help="the folder of its images")
-    parser.add_argument("--output", required=True, help="where to save the rollout dataset")
-    args = parser.parse_args(argv)
-    dataset = convert_official_srum_data(args.jsonl, args.images)
-    dataset.save_to_disk(args.output)
-    print(f"wrote {len(dataset)} rollout rows to {args.output}")
-
-
-# name -> (entry point taking the command's own arguments, one line for the overview)
-COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
-    "rollout": (_rollout, "stage 1: draw candidates, propose regions and self-judge them into a rollout dataset"),
-    "convert-official": (_convert_official, "turn the released SRUM training data into a rollout dataset"),
+# name -> (module with a `main(argv)`, one line for the overview)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("trl_srum.scripts.run", "SRUM end to end: evaluate, rollouts and training in rounds, evaluate again"),
+    "rollout": (
+        "trl_srum.scripts.rollout",
+        "stage 1: draw candidates, propose regions and self-judge them into a rollout dataset",
+    ),
+    "train": ("trl_srum.scripts.train", "stage 2: train on a rollout dataset"),
+    "eval": ("trl_srum.scripts.eval", "measure a model or a folder of images (compbench-vlm, geneval, shapes)"),
+    "convert-official": (
+        "trl_srum.scripts.convert_official",
+        "turn the released SRUM training data into a rollout dataset",
+    ),
 }
 
 
@@ -107,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv[0] not in COMMANDS:
         print(f"trl-srum: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         raise SystemExit(2)
-    COMMANDS[argv[0]][0](argv[1:])
+    importlib.import_module(COMMANDS[argv[0]][0]).main(argv[1:])
 
 
 if __name__ == "__main__":

@@ -15,11 +15,16 @@ from .srum_config import SRUMConfig
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "srum_model_card.md"
 CARD_SETTINGS = (
+    "loss_type",
+    "nft_beta",
+    "advantage_clip",
     "constraint",
     "lambda_constraint",
     "reference_weight",
     "reward_map_mode",
+    "reward_map_pooling",
     "repulsion_margin",
+    "missing_global_score",
     "use_global_reward",
     "use_local_rewards",
     "timestep_sampling",
@@ -79,6 +84,28 @@ def _final_metrics(log_history: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(name, f"{value:.6g}") for name, value in sorted(latest.items())]
 
 
+# (column title, key of a round's statistics) of the card's table of rounds
+_ROUND_COLUMNS = (
+    ("round", "round"),
+    ("rollout rows", "rows"),
+    ("steps", "steps"),
+    ("reward mean", "reward_mean"),
+    ("reward std", "reward_std"),
+    ("global score mean", "global_score_mean"),
+    ("mixed prompt groups", "mixed_group_fraction"),
+    ("understanding drift (KL)", "understanding_drift_kl"),
+)
+
+
+def _round_rows(rounds: list[dict[str, Any]]) -> list[list[str]]:
+    """One row of formatted cells per round; "–" where a round has no such statistic."""
+
+    def cell(value: Any) -> str:
+        return "–" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    return [[cell(summary.get(key)) for _, key in _ROUND_COLUMNS] for summary in rounds]
+
+
 def write_model_card(
     output_dir: str,
     *,
@@ -91,11 +118,12 @@ def write_model_card(
     tags: list[str],
     citation: str,
     image_size: tuple[int, int] = (1024, 1024),
+    rounds: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Render the SRUM card into `output_dir/README.md` and return its path.
 
     Sample images are the PNG files under `output_dir/samples/`; evaluation results come from
-    `output_dir/eval_results.json` when present.
+    `output_dir/eval_results.json` when present; `rounds` are the per-round statistics of `trl_srum.pipeline`.
     """
     is_adapter = isinstance(model, PeftModel)
     base = model.get_base_model() if is_adapter else model
@@ -133,6 +161,8 @@ def write_model_card(
         samples=samples,
         versions=[(name, _package_version(name)) for name in CARD_PACKAGES],
         citation=citation,
+        rounds=_round_rows(rounds or []),
+        round_columns=[title for title, _ in _ROUND_COLUMNS],
     )
     output.mkdir(parents=True, exist_ok=True)
     path = output / "README.md"

@@ -4,13 +4,14 @@ from typing import Any
 from trl.trainer.base_config import _BaseConfig
 
 from .flow import TIMESTEP_SAMPLINGS
-from .loss import CONSTRAINT_TYPES
 from .reward_map import REWARD_MAP_MODES, REWARD_MAP_POOLINGS
 
 
 TRAINABLE_PARAMETER_SETS: tuple[str, ...] = ("generation", "all")
 LATENT_SOURCES: tuple[str, ...] = ("auto", "stored", "encode")
 MISSING_GLOBAL_SCORE_POLICIES: tuple[str, ...] = ("drop", "neutral")
+LOSS_TYPES: tuple[str, ...] = ("srum", "nft")
+CONSTRAINT_TYPES: tuple[str, ...] = ("self", "reference", "none")
 
 
 @dataclass
@@ -32,10 +33,24 @@ class SRUMConfig(_BaseConfig):
             Which parameters full (non-PEFT) training updates: `"generation"` trains only the parameters the model
             reports as generation-only, so the understanding module that judged the rollouts cannot drift;
             `"all"` trains everything, as the released SRUM scripts do.
-        constraint (`str`, *optional*, defaults to `"self"`):
-            The anti-reward-hacking term. `"self"`: the released anchor, plain flow matching toward the same generated
-            latent, weighted by `lambda_constraint`. `"reference"`: a KL-style pull `‖v_θ − v_ref‖²` toward a frozen
-            reference model (under PEFT the same model with the adapter disabled), weighted by `reference_weight`.
+
+        > Parameters that control the loss
+
+        loss_type (`str`, *optional*, defaults to `"srum"`):
+            `"srum"`: the paper's reward-weighted flow matching (`trl_srum.loss.srum_loss`). `"nft"`: the
+            negative-aware, group-centred loss (`trl_srum.loss.nft_loss`): each token's reward is compared with the
+            other candidates of its prompt, so a prompt whose candidates all score alike teaches nothing; it needs
+            several candidates per prompt (8 recommended) and suits online rounds (`trl_srum.pipeline`).
+        nft_beta (`float`, *optional*, defaults to `1.0`):
+            β of the negative-aware loss: how far its implied positive and negative policies lie from the old model.
+        advantage_clip (`float`, *optional*, defaults to `1.0`):
+            c: advantages (in group standard deviations) are clipped to [−c, c] before becoming weights ½ + A/2c.
+        constraint (`str`, *optional*):
+            The term against reward hacking. `"self"`: the released anchor, plain flow matching toward the same
+            generated latent, weighted by `lambda_constraint`. `"reference"`: a KL-style pull `‖v_θ − v_ref‖²` toward
+            a frozen reference model (under PEFT the same model with the adapter disabled), weighted by
+            `reference_weight`. `"none"`. Defaults to `"self"` for `loss_type="srum"` and `"none"` for `"nft"`, which
+            refuses `"self"` (an imitation term is what its centring exists to cancel).
         lambda_constraint (`float`, *optional*, defaults to `0.5`):
             Weight λ_c of the `"self"` constraint; 0.5 in every released recipe.
         reference_weight (`float`, *optional*, defaults to `0.25`):
@@ -124,10 +139,21 @@ class SRUMConfig(_BaseConfig):
             "choices": list(TRAINABLE_PARAMETER_SETS),
         },
     )
-    constraint: str = field(
-        default="self",
+    # Parameters that control the loss
+    loss_type: str = field(
+        default="srum",
         metadata={
-            "help": "Anti-reward-hacking term: 'self' (released anchor) or 'reference' (pull toward a frozen model).",
+            "help": "'srum' (the paper's reward-weighted flow matching) or 'nft' (negative-aware, group-centred).",
+            "choices": list(LOSS_TYPES),
+        },
+    )
+    nft_beta: float = field(default=1.0, metadata={"help": "β of the negative-aware loss ('nft')."})
+    advantage_clip: float = field(default=1.0, metadata={"help": "Clip c of the group-centred advantages ('nft')."})
+    constraint: str | None = field(
+        default=None,
+        metadata={
+            "help": "Term against reward hacking: 'self' (released anchor), 'reference' (pull toward a frozen model) "
+            "or 'none'; default 'self' for loss_type='srum', 'none' for 'nft'.",
             "choices": list(CONSTRAINT_TYPES),
         },
     )
@@ -197,6 +223,9 @@ class SRUMConfig(_BaseConfig):
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
 
         choice("trainable_parameters", TRAINABLE_PARAMETER_SETS)
+        choice("loss_type", LOSS_TYPES)
+        if self.constraint is None:
+            self.constraint = "self" if self.loss_type == "srum" else "none"
         choice("constraint", CONSTRAINT_TYPES)
         choice("reward_map_mode", REWARD_MAP_MODES)
         choice("reward_map_pooling", REWARD_MAP_POOLINGS)
@@ -212,8 +241,19 @@ class SRUMConfig(_BaseConfig):
         if self.constraint == "reference" and self.reference_weight == 0:
             raise ValueError(
                 "constraint='reference' with reference_weight=0 would run a reference forward for nothing; "
-                "use constraint='self' with lambda_constraint=0 to train without a constraint"
+                "use constraint='none' to train without a constraint"
             )
+        if self.loss_type == "nft":
+            if self.constraint == "self":
+                raise ValueError(
+                    "loss_type='nft' with constraint='self': the self anchor is an imitation term, which the "
+                    "negative-aware loss exists to cancel; use constraint='reference' (a pull toward the frozen "
+                    "model) or 'none'"
+                )
+            if self.nft_beta <= 0 or self.advantage_clip <= 0:
+                raise ValueError(
+                    f"nft_beta and advantage_clip must be > 0; got {self.nft_beta} and {self.advantage_clip}"
+                )
         if self.reward_map_mode == "signed" and self.repulsion_margin <= 0:
             raise ValueError(f"reward_map_mode='signed' needs repulsion_margin > 0; got {self.repulsion_margin}")
         if not 0.0 <= self.timestep_min < self.timestep_max <= 1.0:

@@ -9,12 +9,16 @@ from typing import Any
 import torch
 from datasets import Dataset
 from peft import PeftConfig, PeftModel, get_peft_model
+from torch.distributed.tensor import DTensor, distribute_tensor
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from trl.trainer.base_trainer import _BaseTrainer
 
-from .collator import SRUMDataCollator
+from .advantage import GroupBaseline, group_baselines
+from .collator import SRUMDataCollator, group_key
 from .flow import add_noise, sample_timesteps
-from .loss import srum_loss
+from .loss import nft_loss, srum_loss
+from .metrics import StepMetrics
 from .model_card import write_model_card
 from .protocol import UnifiedModel
 from .rollout.schema import STATUS_OK
@@ -31,6 +35,44 @@ def _row_generator(seed: int, step: int, row_id: str) -> torch.Generator:
     # and the optimizer step, so results do not depend on the process count, the batch layout or on resuming.
     digest = hashlib.sha256(f"{seed}:{step}:{row_id}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def reward_maps_by_group(
+    collator: SRUMDataCollator, dataset: Dataset, name: str = "dataset"
+) -> dict[str, list[torch.Tensor]]:
+    """The token reward map of every row of a rollout dataset, grouped by prompt, as `collator` builds them."""
+    # The stored latents are not needed for the maps: leave them on disk.
+    rows = dataset.remove_columns([c for c in ("latents",) if c in dataset.column_names])
+    maps: dict[str, list[torch.Tensor]] = defaultdict(list)
+    for row in tqdm(rows, desc=f"{name}: reward maps", unit="row", leave=False):
+        maps[group_key(row)].append(collator.reward_map(row))
+    return dict(maps)
+
+
+def apply_peft(
+    model: PreTrainedModel, peft_config: PeftConfig, seed: int, activation_checkpointing: bool = False
+) -> PeftModel:
+    """Wrap a unified model in a PEFT adapter as SRUM trains it: targets default to the model's generation-only
+    preset and the task type is cleared (an image generator is not a causal LM, which TRL's defaults assume).
+
+    The adapter's random initialisation is drawn from `seed` alone, so a resumed run rebuilds the same adapter.
+    """
+    if isinstance(model, PeftModel):
+        raise ValueError("model is already a PeftModel; pass it without peft_config")
+    peft_config = copy.copy(peft_config)
+    if peft_config.task_type is not None:
+        logger.warning(
+            f"peft_config.task_type={peft_config.task_type!r} is for language models; using None for an image generator"
+        )
+        peft_config.task_type = None
+    if getattr(peft_config, "target_modules", None) is None:
+        peft_config.target_modules = model.generation_lora_target_modules
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = get_peft_model(model, peft_config)
+    if activation_checkpointing:
+        model.enable_input_require_grads()
+    return model
 
 
 class SRUMTrainer(_BaseTrainer):
@@ -119,7 +161,12 @@ class SRUMTrainer(_BaseTrainer):
             use_global_reward=args.use_global_reward,
             use_local_rewards=args.use_local_rewards,
             missing_global_score=args.missing_global_score,
+            advantage_clip=args.advantage_clip,
         )
+        if args.loss_type == "nft":
+            collator.baselines = self._group_baselines(
+                collator, {"train_dataset": train_dataset, "eval_dataset": eval_dataset}
+            )
         super().__init__(
             model=model,
             args=args,
@@ -136,11 +183,33 @@ class SRUMTrainer(_BaseTrainer):
         if args.constraint == "reference" and not isinstance(model, PeftModel):
             self.ref_model = copy.deepcopy(self.accelerator.unwrap_model(self.model)).requires_grad_(False).eval()
             self.ref_model = self.accelerator.prepare_model(self.ref_model, evaluation_mode=True)
+        # The negative-aware loss compares the trained model with the "old" model: the one this trainer starts from.
+        self._old_parameters: dict[str, torch.Tensor] = {}
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._tag_names)
         self._metrics: dict[str, defaultdict[str, list[float]]] = {
             "train": defaultdict(list),
             "eval": defaultdict(list),
+        }
+        self.logging_step_offset = 0
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
+        # Before a checkpoint is resumed: the old model is the one training started from (in rounds, the round's start).
+        if self.args.loss_type == "nft" and not self._old_parameters:
+            self.refresh_old_model()
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def refresh_old_model(self) -> None:
+        """Take the model's current trainable weights as the "old" model of the negative-aware loss.
+
+        `train` does it when it starts; a custom loop that calls `training_step` itself calls it at the points where
+        the old model should catch up (e.g. every round).
+        """
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        self._old_parameters = {
+            name: parameter.detach().clone()
+            for name, parameter in unwrapped.named_parameters()
+            if parameter.requires_grad
         }
 
     # ------------------------------------------------------------------ set-up helpers
@@ -167,21 +236,7 @@ class SRUMTrainer(_BaseTrainer):
         model: PreTrainedModel | PeftModel, args: SRUMConfig, peft_config: PeftConfig | None
     ) -> PreTrainedModel | PeftModel:
         if peft_config is not None:
-            if isinstance(model, PeftModel):
-                raise ValueError("model is already a PeftModel; pass it without peft_config")
-            peft_config = copy.copy(peft_config)
-            if peft_config.task_type is not None:
-                logger.warning(
-                    f"peft_config.task_type={peft_config.task_type!r} is for language models; using None for an "
-                    "image generator"
-                )
-                peft_config.task_type = None
-            if getattr(peft_config, "target_modules", None) is None:
-                peft_config.target_modules = model.generation_lora_target_modules
-            model = get_peft_model(model, peft_config)
-            if args.activation_checkpointing:
-                model.enable_input_require_grads()
-            return model
+            return apply_peft(model, peft_config, args.seed, args.activation_checkpointing)
         if isinstance(model, PeftModel) or args.trainable_parameters == "all":
             return model
         generation = set(model.generation_parameter_names())
@@ -217,9 +272,35 @@ class SRUMTrainer(_BaseTrainer):
             raise ValueError(f"{name} has no trainable rows")
         return dataset
 
+    @staticmethod
+    def _group_baselines(collator: SRUMDataCollator, datasets: dict[str, Dataset | None]) -> dict[str, GroupBaseline]:
+        """The baseline of every prompt group of the datasets (`trl_srum.advantage`), for the negative-aware loss.
+
+        Raises:
+            ValueError: when no prompt of a dataset has two candidates (nothing to compare), or when two datasets
+                share a prompt id.
+        """
+        baselines: dict[str, GroupBaseline] = {}
+        for name, dataset in datasets.items():
+            if dataset is None:
+                continue
+            groups = group_baselines(reward_maps_by_group(collator, dataset, name))
+            if max(baseline.size for baseline in groups.values()) < 2:
+                raise ValueError(
+                    f"loss_type='nft' compares the candidates of each prompt, but every prompt of {name} has one: "
+                    "draw several per prompt (RolloutConfig.num_candidates; 8 recommended)"
+                )
+            shared = sorted(baselines.keys() & groups.keys())
+            if shared:
+                raise ValueError(f"{name} shares prompt ids with another dataset ({shared[:5]}); give them their own")
+            mixed = sum(baseline.mixed for baseline in groups.values())
+            logger.info(f"{name}: {len(groups)} prompt groups, {mixed} with mixed rewards (the ones that teach)")
+            baselines.update(groups)
+        return baselines
+
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
-            self._signature_columns = ["row_id", *REQUIRED_COLUMNS, "latents", "latent_grid", "status"]
+            self._signature_columns = ["row_id", *REQUIRED_COLUMNS, "prompt_id", "latents", "latent_grid", "status"]
 
     # ------------------------------------------------------------------ the step
     def _clean_latents(
@@ -282,72 +363,60 @@ class SRUMTrainer(_BaseTrainer):
         noises = [n.to(device) for n in noises]
         noisy = [add_noise(x, n, t) for x, n, t in zip(latents, noises, timesteps.to(device), strict=True)]
         flow_inputs = unwrapped.prepare_flow_inputs(prompts, noisy, inputs["grids"], timesteps)
+        # The no-grad forwards come first: the old model's forward swaps weights in place, which must not happen
+        # between the trained forward and its backward.
+        v_old = self._old_velocity(unwrapped, flow_inputs) if args.loss_type == "nft" else None
+        v_ref = self._reference_velocity(unwrapped, flow_inputs) if args.constraint == "reference" else None
         velocity = model(**flow_inputs).velocity
 
-        v_ref = None
-        weight = args.lambda_constraint
-        if args.constraint == "reference":
-            weight = args.reference_weight
-            v_ref = self._reference_velocity(unwrapped, flow_inputs)
-
         token_rewards = torch.cat(inputs["token_rewards"])
-        # Reward statistics come from the collator's CPU tensor (no device syncs): a count, sums and extremes, which
-        # reduce exactly across processes, so the logged values do not depend on how the batch is sharded.
-        rewards64 = token_rewards.double()
-        reward_stats = {
-            "reward/count": (rewards64.numel(), "sum"),
-            "reward/sum": (rewards64.sum().item(), "sum"),
-            "reward/sum_sq": (rewards64.square().sum().item(), "sum"),
-            "reward/min": (rewards64.min().item(), "min"),
-            "reward/max": (rewards64.max().item(), "max"),
-            **{f"reward_map/{k}": (float(v), "sum") for k, v in inputs["reward_stats"].items()},
-        }
-        token_rewards = token_rewards.to(device)
-        loss, metrics = srum_loss(
-            velocity,
-            torch.cat(noises),
-            torch.cat(latents),
-            token_rewards,
-            lambda_constraint=weight,
-            latents_anchor=torch.cat([a.to(device, torch.float32) for a in anchors]),
-            v_ref=v_ref,
-            constraint=args.constraint,
-            repulsion_margin=args.repulsion_margin,
-        )
-        if not math.isfinite(metrics["loss"]):
-            raise FloatingPointError(f"non-finite SRUM loss {metrics} on rollout rows {inputs['row_ids']}")
+        reference_weight = args.reference_weight if args.constraint == "reference" else 0.0
+        if args.loss_type == "nft":
+            token_weights = torch.cat(inputs["token_weights"])
+            loss, loss_metrics = nft_loss(
+                velocity,
+                v_old,
+                torch.cat(noises),
+                torch.cat(latents),
+                token_weights.to(device),
+                beta=args.nft_beta,
+                reference_weight=reference_weight,
+                v_ref=v_ref,
+            )
+        else:
+            loss, loss_metrics = srum_loss(
+                velocity,
+                torch.cat(noises),
+                torch.cat(latents),
+                token_rewards.to(device),
+                anchor_weight=args.lambda_constraint if args.constraint == "self" else 0.0,
+                latents_anchor=torch.cat([a.to(device, torch.float32) for a in anchors]),
+                reference_weight=reference_weight,
+                v_ref=v_ref,
+                repulsion_margin=args.repulsion_margin,
+            )
+        if not math.isfinite(loss_metrics["loss"]):
+            raise FloatingPointError(f"non-finite SRUM loss {loss_metrics} on rollout rows {inputs['row_ids']}")
 
-        global_scores = [g for g in inputs["global_scores"] if g is not None]
-        stats = {key: (value, "mean") for key, value in metrics.items()}
-        stats.update(
-            {
-                "global_score/sum": (float(sum(global_scores)), "sum"),
-                "global_score/count": (len(global_scores), "sum"),
-                "timestep/mean": (timesteps.mean().item(), "mean"),
-                "text_dropped": (sum(p is None for p in prompts) / len(prompts), "mean"),
-                **reward_stats,
-            }
+        # Batch statistics come from the collator's CPU tensors: no device syncs.
+        metrics = StepMetrics()
+        for name, value in loss_metrics.items():
+            metrics.add(name, value)
+        metrics.add_moments("reward", token_rewards)
+        metrics.add_moments(
+            "global_score", torch.tensor([g for g in inputs["global_scores"] if g is not None]), spread=False
         )
-        for key, value in self._gather_stats(stats).items():
+        for name, value in inputs["reward_stats"].items():
+            metrics.add(f"reward_map/{name}", value, "sum")
+        if args.loss_type == "nft":
+            # How much of the batch is pushed toward its target (w > ½) or away from it (w < ½).
+            metrics.add("advantage/positive_fraction", (token_weights > 0.5).double().mean().item())
+            metrics.add("advantage/negative_fraction", (token_weights < 0.5).double().mean().item())
+        metrics.add("timestep/mean", timesteps.mean().item())
+        metrics.add("text_dropped", sum(p is None for p in prompts) / len(prompts))
+        for key, value in metrics.reduce(self.accelerator.gather, self.accelerator.device).items():
             self._metrics[mode][key].append(value)
         return (loss, velocity) if return_outputs else loss
-
-    def _gather_stats(self, stats: dict[str, tuple[float, str]]) -> dict[str, float]:
-        """Reduce `{key: (local value, "mean" | "sum" | "min" | "max")}` over the processes in one collective (every
-        process has the same keys), then turn the reward and global-score sums into means and a standard deviation."""
-        keys = sorted(stats)
-        local = torch.tensor([float(stats[k][0]) for k in keys], dtype=torch.float32, device=self.accelerator.device)
-        per_process = zip(*self.accelerator.gather(local[None]).cpu().tolist(), strict=True)  # one column per key
-        reduce = {"mean": lambda v: sum(v) / len(v), "sum": sum, "min": min, "max": max}
-        values = {k: float(reduce[stats[k][1]](column)) for k, column in zip(keys, per_process, strict=True)}
-
-        count, total, total_sq = values.pop("reward/count"), values.pop("reward/sum"), values.pop("reward/sum_sq")
-        values["reward/mean"] = total / count
-        variance = (total_sq - total * total / count) / (count - 1) if count > 1 else 0.0
-        values["reward/std"] = max(variance, 0.0) ** 0.5
-        score_count, score_sum = values.pop("global_score/count"), values.pop("global_score/sum")
-        values["global_score/mean"] = score_sum / score_count if score_count else 0.0
-        return values
 
     def prediction_step(
         self,
@@ -360,6 +429,32 @@ class SRUMTrainer(_BaseTrainer):
         with torch.no_grad():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
+
+    @torch.no_grad()
+    def _old_velocity(self, unwrapped: torch.nn.Module, flow_inputs: dict[str, Any]) -> torch.Tensor:
+        """v_old: the model as it was when this trainer was built (the start of a round), on the same inputs.
+
+        Only the trainable parameters can have changed since, so they alone are swapped for their snapshot for one
+        forward and put back: one copy of the trainable weights (an adapter under PEFT) instead of a second model.
+        The module stays in its training mode: bitsandbytes on CPU repacks a 4-bit layer on an eval-mode no-grad
+        forward, after which training through it fails.
+        """
+        parameters = dict(unwrapped.named_parameters())
+        current = {}
+        for name, old in self._old_parameters.items():
+            parameter = parameters[name]
+            if isinstance(parameter, DTensor) and not isinstance(old, DTensor):
+                # FSDP2 shards the parameters when training starts; shard the snapshot the same way, once.
+                old = self._old_parameters[name] = distribute_tensor(
+                    old.to(parameter.device), parameter.device_mesh, parameter.placements
+                )
+            current[name] = parameter.detach().clone()
+            parameter.copy_(old)
+        try:
+            return unwrapped(**flow_inputs).velocity
+        finally:
+            for name, value in current.items():
+                parameters[name].copy_(value)
 
     def _reference_velocity(self, unwrapped: torch.nn.Module, flow_inputs: dict[str, Any]) -> torch.Tensor:
         with torch.no_grad():
@@ -374,7 +469,13 @@ class SRUMTrainer(_BaseTrainer):
         metrics = {key: sum(values) / len(values) for key, values in self._metrics[mode].items() if values}
         if mode == "eval":
             metrics = {f"eval_{key}": value for key, value in metrics.items()}
-        super().log({**logs, **metrics}, start_time)
+        # Each round of `trl_srum.pipeline` has a trainer of its own: shifted by the steps of the rounds before, the
+        # logged steps (log history, tensorboard, wandb) continue one another instead of restarting at 0.
+        self.state.global_step += self.logging_step_offset
+        try:
+            super().log({**logs, **metrics}, start_time)
+        finally:
+            self.state.global_step -= self.logging_step_offset
         self._metrics[mode].clear()
 
     def create_model_card(
@@ -382,11 +483,16 @@ class SRUMTrainer(_BaseTrainer):
         model_name: str | None = None,
         dataset_name: str | None = None,
         tags: str | list[str] | None = None,
+        rounds: list[dict[str, Any]] | None = None,
+        image_size: tuple[int, int] | None = None,
         **kwargs: Any,
     ) -> None:
-        """Write `output_dir/README.md`: an SRUM card (base model, settings, data, metrics, samples)."""
+        """Write `output_dir/README.md`: an SRUM card (base model, settings, data, metrics, samples, and the
+        statistics of each round when `trl_srum.pipeline` trained it in rounds)."""
         if not self.is_world_process_zero():
             return
+        if image_size is None:
+            image_size = self.train_dataset[0]["image"].size if self.train_dataset is not None else (1024, 1024)
         extra_tags = [tags] if isinstance(tags, str) else list(tags or [])
         write_model_card(
             self.args.output_dir,
@@ -398,7 +504,8 @@ class SRUMTrainer(_BaseTrainer):
             hub_model_id=self.hub_model_id,
             tags=sorted(set(self._tag_names + extra_tags)),
             citation=self._paper["citation"],
-            image_size=self.train_dataset[0]["image"].size if self.train_dataset is not None else (1024, 1024),
+            image_size=image_size,
+            rounds=rounds,
         )
 
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:

@@ -1,18 +1,20 @@
-"""Cost of the SRUM objective over plain flow matching, per training step, on BAGEL and BLIP3o (CPU or GPU).
+"""Cost of the SRUM objectives over plain flow matching, per training step, on BAGEL and BLIP3o (CPU or GPU).
 
-Every variant runs the same model on the same rollout rows, through `SRUMTrainer.training_step` (forward, loss,
-backward) followed by gradient clipping and an AdamW step, i.e. what one optimizer step of `SRUMTrainer.train` does:
+Every variant runs the same model on the same rollout rows (one prompt group of candidates), through
+`SRUMTrainer.training_step` (forward, loss, backward) followed by gradient clipping and an AdamW step, i.e. what one
+optimizer step of `SRUMTrainer.train` does:
 
-- `plain`: flow matching with a plain MSE, no rewards. Its collator only turns the stored latents into tensors, and
-  t and the noise are drawn batched from one generator.
+- `plain`: flow matching with a plain MSE, no rewards: t and the noise are drawn batched from one generator.
 - `self`: SRUM as the trainer runs it: the collator builds the reward maps, every row draws from its own generator,
   `srum_loss` (reward-weighted error plus the "self" anchor) and the logged metrics (one gather per step).
 - `reference`: SRUM with `constraint="reference"`, which adds a no-grad forward of the reference model (a frozen copy
   under full training; under LoRA the same model with its adapter disabled).
+- `nft`: the negative-aware loss (`loss_type="nft"`): the group-centred token weights and one no-grad forward of the
+  old model (its trainable weights swapped in and back), then `nft_loss`. Its goal: at most 1.45x `plain`.
 
 Each is measured with the generation parameters trained in full and with LoRA (the model's generation preset). The
-variants are interleaved round by round and the medians reported; then the SRUM-only pieces (reward maps, per-row
-draws, loss, metrics) are timed on their own to show where any overhead goes.
+variants are interleaved round by round and the medians reported; then the pieces a step adds to plain flow matching
+(reward maps, loss, metrics) are timed on their own to show where any overhead goes.
 
 Run: `python recipes/benchmarks/bench_loss.py` (options: `--models`, `--rounds`, `--batch-size`, `--threads`).
 """
@@ -34,19 +36,19 @@ from PIL import Image
 from transformers.utils import logging as hf_logging
 
 from trl_srum import SRUMConfig, SRUMTrainer
-from trl_srum.collator import _stored_latents
+from trl_srum.collator import stored_latents
 from trl_srum.flow import add_noise, sample_timesteps
-from trl_srum.loss import srum_loss
+from trl_srum.loss import nft_loss, srum_loss
+from trl_srum.metrics import StepMetrics
 from trl_srum.models.bagel import BagelModel
 from trl_srum.models.bagel.tiny import build_word_level_tokenizer, tiny_bagel_config
 from trl_srum.models.blip3o.tiny import tiny_blip3o
 from trl_srum.reward_map import build_reward_map
 from trl_srum.rollout import ROLLOUT_FEATURES, STATUS_OK, make_row_id
-from trl_srum.srum_trainer import _row_generator
 
 
 PROMPT = "a red circle above two blue squares and a green triangle next to a yellow star in the middle of the image"
-VARIANTS = ("plain", "self", "reference")
+VARIANTS = ("plain", "self", "reference", "nft")
 DEFAULT_ROUNDS = {"bagel": 60, "blip3o": 200}
 
 
@@ -97,17 +99,17 @@ def rollout_rows(model: Any, image_size: tuple[int, int], batch_size: int) -> li
         latents = torch.randn(grid[0] * grid[1], _latent_dim(model), generator=generator)
         rows.append(
             {
-                "row_id": make_row_id(f"p{index}", 0),
-                "prompt_id": f"p{index}",
+                "row_id": make_row_id("p0", index),
+                "prompt_id": "p0",  # the candidates of one prompt: the negative-aware loss compares them
                 "prompt": PROMPT,
                 "category": "",
-                "candidate_index": 0,
+                "candidate_index": index,
                 "seed": index,
                 "image": Image.new("RGB", image_size),
                 "latents": latents.numpy(),
                 "latent_grid": list(grid),
                 "reasoning": None,
-                "global_score": 0.5,
+                "global_score": 0.5 - 0.25 * index,
                 "regions": [
                     {"bbox": box, "label": label, "score": score, "relevance": None, "source": ""}
                     for box, label, score in (
@@ -135,7 +137,7 @@ def _latent_dim(model: Any) -> int:
 def plain_collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """What a flow-matching trainer without rewards needs: prompts, the stored latents as tensors (converted as the
     SRUM collator converts them), grids."""
-    latents, grids = zip(*(_stored_latents(row) for row in rows), strict=True)
+    latents, grids = zip(*(stored_latents(row) for row in rows), strict=True)
     return {"prompts": [str(row["prompt"]) for row in rows], "latents": list(latents), "grids": list(grids)}
 
 
@@ -179,14 +181,19 @@ class Variant:
             save_strategy="no",
             disable_tqdm=True,
             text_dropout=0.0,  # identical sequence lengths in every variant and step
-            constraint="reference" if variant == "reference" else "self",
+            constraint={"reference": "reference", "nft": "none"}.get(variant, "self"),
+            loss_type="nft" if variant == "nft" else "srum",
         )
         model = build()
         rows = rollout_rows(model, self.image_size, batch_size)
+        rows = [dict(row) for row in rows]
         trainer_class = PlainFlowMatchingTrainer if variant == "plain" else SRUMTrainer
         # LoRA: a flow trainer's usual choice of rank; the targets are the model's generation preset.
         peft_config = LoraConfig(r=16, lora_alpha=32) if lora else None
-        self.trainer = trainer_class(model, config, peft_config=peft_config)
+        dataset = Dataset.from_list(rows, features=ROLLOUT_FEATURES)
+        self.trainer = trainer_class(model, config, train_dataset=dataset, peft_config=peft_config)
+        if variant == "nft":
+            self.trainer.refresh_old_model()  # what `train` does when it starts
         self.trainer.create_optimizer()
         self.trainer.current_gradient_accumulation_steps = 1  # set by `train()` otherwise
         self.parameters = [p for p in self.trainer.model.parameters() if p.requires_grad]
@@ -210,8 +217,6 @@ class Variant:
             torch.cuda.synchronize()
         end = clock()
         trainer.state.global_step += 1  # new per-row draws next step, as in training
-        for values in trainer._metrics["train"].values():
-            values.clear()
         return {
             "collate": collated - start,
             "compute_loss (forward, loss, metrics)": self._loss_seconds,
@@ -259,71 +264,39 @@ def median_seconds(function: Callable[[], object], repeats: int) -> float:
 
 
 def srum_pieces(family: str, batch_size: int, repeats: int) -> list[tuple[str, float, float]]:
-    """(piece, SRUM ms, plain ms) for the parts of a step that differ between SRUM and plain flow matching."""
+    """(piece, SRUM ms, plain ms) for the parts of a step, beyond the model's forwards, that SRUM adds."""
     with tempfile.TemporaryDirectory() as output_dir:
-        srum = Variant(family, "self", False, output_dir, batch_size)
-    trainer, rows = srum.trainer, srum.rows
-    collator = trainer.data_collator
+        srum = Variant(family, "nft", False, output_dir, batch_size)
+    collator, rows = srum.trainer.data_collator, srum.rows
     batch = collator(rows)
     plain_batch = plain_collate(rows)
-    args = trainer.args
-
-    def row_draws() -> None:
-        for row_id, clean in zip(batch["row_ids"], plain_batch["latents"], strict=True):
-            generator = _row_generator(args.seed, 7, row_id)
-            sample_timesteps(1, generator=generator, sampling=args.timestep_sampling)
-            torch.randn(clean.shape, generator=generator)
-            torch.rand(1, generator=generator).item()
-
-    generator = torch.Generator().manual_seed(0)
-
-    def batched_draws() -> None:
-        sample_timesteps(len(rows), generator=generator, sampling=args.timestep_sampling)
-        for clean in plain_batch["latents"]:
-            torch.randn(clean.shape, generator=generator)
 
     latents = torch.cat(plain_batch["latents"])
     noise = torch.randn_like(latents)
-    rewards = torch.cat(batch["token_rewards"])
+    rewards, weights = torch.cat(batch["token_rewards"]), torch.cat(batch["token_weights"])
     velocity = torch.randn_like(latents, requires_grad=True)
+    old = torch.randn_like(latents)
 
-    def srum_loss_backward() -> None:
-        loss, _ = srum_loss(velocity, noise, latents, rewards, lambda_constraint=0.5, latents_anchor=latents)
+    def backward(loss: torch.Tensor) -> None:
         loss.backward()
         velocity.grad = None
 
-    def mse_backward() -> None:
-        (velocity - (noise - latents)).pow(2).mean().backward()
-        velocity.grad = None
-
-    loss, metrics = srum_loss(velocity, noise, latents, rewards, latents_anchor=latents)
-    stats = {key: (value, "mean") for key, value in metrics.items()}
-    stats.update({"timestep/mean": (0.5, "mean"), "text_dropped": (0.0, "mean")})
-
-    def gather_metrics() -> None:
-        local = torch.cat(batch["token_rewards"]).double()
-        full = dict(stats)
-        full.update(
-            {
-                "global_score/sum": (2.0, "sum"),
-                "global_score/count": (4, "sum"),
-                "reward/count": (local.numel(), "sum"),
-                "reward/sum": (local.sum().item(), "sum"),
-                "reward/sum_sq": (local.square().sum().item(), "sum"),
-                "reward/min": (local.min().item(), "min"),
-                "reward/max": (local.max().item(), "max"),
-            }
-        )
-        trainer._gather_stats(full)
+    def metrics() -> None:
+        step = StepMetrics()
+        for name, value in srum_loss(velocity, noise, latents, rewards)[1].items():
+            step.add(name, value)
+        step.add_moments("reward", rewards)
+        step.add_moments("global_score", torch.tensor([0.5, -0.25]), spread=False)
+        step.reduce(srum.trainer.accelerator.gather, srum.trainer.accelerator.device)
 
     return [
-        ("collate (reward maps / latents to tensors)", median_seconds(lambda: collator(rows), repeats),
+        ("collate (reward maps and token weights / latents to tensors)", median_seconds(lambda: collator(rows), repeats),
          median_seconds(lambda: plain_collate(rows), repeats)),
-        ("t, noise, text-dropout draws (per row / batched)", median_seconds(row_draws, repeats),
-         median_seconds(batched_draws, repeats)),
-        ("loss + its backward (srum_loss / MSE)", median_seconds(srum_loss_backward, repeats),
-         median_seconds(mse_backward, repeats)),
-        ("metrics (statistics + one gather)", median_seconds(gather_metrics, repeats), 0.0),
+        ("srum_loss + its backward (vs MSE)", median_seconds(lambda: backward(srum_loss(velocity, noise, latents, rewards)[0]), repeats),
+         median_seconds(lambda: backward((velocity - (noise - latents)).pow(2).mean()), repeats)),
+        ("nft_loss + its backward (vs MSE)", median_seconds(lambda: backward(nft_loss(velocity, old, noise, latents, weights)[0]), repeats),
+         median_seconds(lambda: backward((velocity - (noise - latents)).pow(2).mean()), repeats)),
+        ("metrics (statistics + one gather)", median_seconds(metrics, repeats), 0.0),
     ]  # fmt: skip
 
 
@@ -366,11 +339,11 @@ def main() -> None:
         print(f"median of {len(times[('plain', False)])} interleaved rounds after {args.warmup} warm-up rounds")
         print(
             "| trained | plain FM (ms/step) | SRUM self (ms/step) | self / plain | SRUM reference (ms/step) "
-            "| reference / plain |"
+            "| reference / plain | NFT (ms/step) | NFT / plain |"
         )
-        print("|---|---:|---:|---:|---:|---:|")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for lora in (False, True):
-            plain, self_, reference = ([t["total"] for t in times[(variant, lora)]] for variant in VARIANTS)
+            plain, self_, reference, nft = ([t["total"] for t in times[(variant, lora)]] for variant in VARIANTS)
 
             def ratio(variant: list[float], plain: list[float] = plain) -> str:
                 # ratio of the medians, and (in brackets) the median of the per-round ratios, which cancels slow
@@ -381,16 +354,17 @@ def main() -> None:
             label = "LoRA r=16 (generation preset)" if lora else "generation parameters (full)"
             print(
                 f"| {label} | {statistics.median(plain) * 1e3:.2f} | {statistics.median(self_) * 1e3:.2f} "
-                f"| {ratio(self_)} | {statistics.median(reference) * 1e3:.2f} | {ratio(reference)} |"
+                f"| {ratio(self_)} | {statistics.median(reference) * 1e3:.2f} | {ratio(reference)} "
+                f"| {statistics.median(nft) * 1e3:.2f} | {ratio(nft)} |"
             )
         print(f"\nPhases of the step, generation parameters trained in full ({family}, medians of the same rounds):")
-        print("| phase | plain (ms) | SRUM self (ms) | difference (ms) | SRUM reference (ms) |")
-        print("|---|---:|---:|---:|---:|")
+        print("| phase | plain (ms) | SRUM self (ms) | difference (ms) | SRUM reference (ms) | NFT (ms) |")
+        print("|---|---:|---:|---:|---:|---:|")
         for phase in times[("plain", False)][0]:
-            plain, self_, reference = (
+            plain, self_, reference, nft = (
                 statistics.median(t[phase] for t in times[(variant, False)]) * 1e3 for variant in VARIANTS
             )
-            print(f"| {phase} | {plain:.2f} | {self_:.2f} | {self_ - plain:+.2f} | {reference:.2f} |")
+            print(f"| {phase} | {plain:.2f} | {self_:.2f} | {self_ - plain:+.2f} | {reference:.2f} | {nft:.2f} |")
         print(f"\nSRUM-only pieces of one step ({family}, medians of 200 calls):")
         print("| piece | SRUM (ms) | plain (ms) | difference (ms) |")
         print("|---|---:|---:|---:|")
@@ -421,7 +395,7 @@ def full_size_data_path() -> None:
     row = {"latents": latents, "latent_grid": list(grid)}
     seconds = median_seconds(lambda: torch.as_tensor(latents, dtype=torch.float32), 20)
     print(f"| stored latents to a tensor with `torch.as_tensor` (the collator before) | {seconds * 1e3:.2f} |")
-    seconds = median_seconds(lambda: _stored_latents(row), 20)
+    seconds = median_seconds(lambda: stored_latents(row), 20)
     print(f"| stored latents to a tensor in the collator (through numpy) | {seconds * 1e3:.2f} |")
 
 

@@ -1,106 +1,127 @@
 """The evidence of docs/results.md: base, self-SFT and SRUM variants side by side in the shapes world.
 
-    python recipes/shapes/experiments.py --seeds 0 1 2 --output_dir output/shapes-experiments
+    python recipes/shapes/experiments.py --seeds 0 1 2 --output_dir output/shapes-experiments [--variants ...]
 
-For every seed it draws one set of rollouts (stage 1 with the recipe's settings; the seed sets the candidates, the
-training noise and the evaluation's sampling seeds), trains every variant on those same rollouts from the same base
-model, and evaluates each on the held-out prompts with the same sampling seeds, so all numbers of one seed are paired.
-The `prob` variant re-judges the same candidates with the token-probability judge; the "oracle rewards" variants
-rescore the `text` rollouts with the oracle and the "oracle: correct samples only" variant keeps just the rows the
-oracle calls right (upper bounds, not self-rewarding); the "clean renders" control swaps
-every image for a render of its prompt (does the model improve at all when fine-tuned on perfect data?). Each seed
-writes `<output_dir>/results-seed<N>.json`, so seeds can run as separate processes into one folder (one core each):
+For every seed it measures the base model, then trains every variant from that same base and measures it again on
+the held-out prompts with the same sampling seeds, so all numbers of one seed are paired. Two kinds of variant:
+
+- offline (one round, as the paper): one set of rollouts per seed and judge is drawn with the base model and every
+  offline variant trains on it. The "oracle rewards" variants rescore the `text` rollouts with the oracle and the
+  "oracle: correct samples only" variant keeps just the rows the oracle calls right (upper bounds, not self-rewarding);
+  the "clean renders" control swaps every image for a render of its prompt (does the model improve at all when
+  fine-tuned on perfect data?).
+- online (`rounds > 1`, `trl_srum.pipeline`): every round draws fresh candidates from the current model, judges them
+  (with the model itself, or with the oracle for the upper bound), and trains one pass on them.
+
+Each seed writes `<output_dir>/results-seed<N>.json`, so seeds can run as separate processes into one folder (one
+core each):
 
     OMP_NUM_THREADS=1 python recipes/shapes/experiments.py --seeds 0 --threads 1 &
     OMP_NUM_THREADS=1 python recipes/shapes/experiments.py --seeds 1 2 --threads 1
     python recipes/shapes/experiments.py --table_only     # the markdown table over every seed file in the folder
 
 The table gives mean ± std over seeds and, per variant, the mean paired change of overall accuracy against the base.
+Any other option is a key of the recipe (`recipes/bagel/srum/config_shapes.yaml`), e.g. `--learning_rate 2e-5`.
 """
 
 import argparse
-import copy
+import dataclasses
 import json
 import logging
-import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from datasets import Dataset
 from peft import LoraConfig
 
+from trl_srum import SRUMTrainer
+from trl_srum.models import load_unified_model
+from trl_srum.pipeline import RoundsConfig, SRUMPipeline
+from trl_srum.rollout import RolloutConfig, config_prompts, run_rollouts
+from trl_srum.scripts.run import RunArguments
+from trl_srum.scripts.utils import SRUMModelConfig, parse_arguments
+from trl_srum.shapes.experiments import (
+    accuracy_change,
+    measure,
+    oracle_correct,
+    replaced_by_renders,
+    rescored_by_oracle,
+)
+from trl_srum.shapes.judge import OracleJudge
+from trl_srum.shapes.pretrained import DEFAULT_MODEL_DIR
+from trl_srum.srum_config import SRUMConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from srum_bagel import evaluate_shapes, parse_arguments  # noqa: E402
-
-from trl_srum import SRUMTrainer  # noqa: E402
-from trl_srum.models import load_unified_model  # noqa: E402
-from trl_srum.rollout import config_prompts, run_rollouts  # noqa: E402
-from trl_srum.shapes import evaluate, parse_prompt, render  # noqa: E402
-from trl_srum.shapes.pretrained import DEFAULT_MODEL_DIR  # noqa: E402
-from trl_srum.shapes.tasks import oracle_judgement  # noqa: E402
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "bagel" / "srum" / "config_shapes.yaml"
 
 
-# name -> (SRUMConfig overrides, judge mode of the rollouts, LoRA rank or None for the recipe's full fine-tuning)
-VARIANTS: dict[str, tuple[dict, str, int | None]] = {
-    "SRUM (official map)": ({}, "text", None),
-    "self-SFT (uniform weights)": ({"use_global_reward": False, "use_local_rewards": False}, "text", None),
-    "SRUM w/o constraint (λ_c = 0)": ({"lambda_constraint": 0.0}, "text", None),
-    "SRUM w/o global": ({"use_global_reward": False}, "text", None),
-    "SRUM (signed map)": ({"reward_map_mode": "signed"}, "text", None),
-    "SRUM (prob judge)": ({}, "prob", None),
+@dataclass(frozen=True)
+class Variant:
+    """One way of training from the base model."""
+
+    overrides: dict[str, Any] = field(default_factory=dict)  # SRUMConfig fields
+    judge: str = "text"  # stage 1's judge: the model's own ("text", "prob") or "oracle"
+    derived: str | None = None  # offline rollouts derived from the `text` ones: "correct" or "renders"
+    lora_rank: int | None = None
+    rounds: int = 1  # > 1: online rounds of fresh rollouts (trl_srum.pipeline)
+
+
+UNIFORM = {"use_global_reward": False, "use_local_rewards": False}
+NFT = {"loss_type": "nft", "constraint": "none"}
+# Online rounds: 24 prompts (4 per category) x 4 candidates each round, one pass, 10 rounds.
+ONLINE = {"rounds": 10}
+ONLINE_ROLLOUTS = {"num_candidates": 4}
+ONLINE_PROMPTS_PER_ROUND = 24
+
+VARIANTS: dict[str, Variant] = {
+    "SRUM (official map)": Variant(),
+    "self-SFT (uniform weights)": Variant(UNIFORM),
+    "SRUM w/o constraint (λ_c = 0)": Variant({"lambda_constraint": 0.0}),
+    "SRUM w/o global": Variant({"use_global_reward": False}),
+    "SRUM (signed map)": Variant({"reward_map_mode": "signed"}),
+    "SRUM (prob judge)": Variant(judge="prob"),
     # The knobs a toy-scale prototype suspected (see docs/results.md): layout-only timesteps, a pull towards the
     # frozen base instead of the self anchor, and a low-rank update.
-    "SRUM, t ≥ 0.6 only": ({"timestep_min": 0.6}, "text", None),
-    "SRUM, reference constraint": ({"constraint": "reference"}, "text", None),
-    "SRUM, LoRA r=16": ({"learning_rate": 1e-3}, "text", 16),
+    "SRUM, t ≥ 0.6 only": Variant({"timestep_min": 0.6}),
+    "SRUM, reference constraint": Variant({"constraint": "reference"}),
+    "SRUM, LoRA r=16": Variant({"learning_rate": 1e-3}, lora_rank=16),
     # Upper bounds, not self-rewarding: the same rollouts scored by the oracle (the labels the judge was taught), to
     # separate what a better judge would buy from what training on the model's own samples costs.
-    "oracle rewards: SRUM (official map)": ({}, "oracle", None),
-    "oracle rewards: SRUM w/o constraint": ({"lambda_constraint": 0.0}, "oracle", None),
-    "oracle rewards: SRUM (official map), lr 2e-5": ({"learning_rate": 2e-5}, "oracle", None),
-    "oracle rewards: SRUM w/o constraint, lr 2e-5": (
-        {"lambda_constraint": 0.0, "learning_rate": 2e-5},
-        "oracle",
-        None,
+    "oracle rewards: SRUM (official map)": Variant(judge="oracle"),
+    "oracle rewards: SRUM w/o constraint": Variant({"lambda_constraint": 0.0}, judge="oracle"),
+    "oracle rewards: SRUM (official map), lr 2e-5": Variant({"learning_rate": 2e-5}, judge="oracle"),
+    "oracle rewards: SRUM w/o constraint, lr 2e-5": Variant(
+        {"lambda_constraint": 0.0, "learning_rate": 2e-5}, judge="oracle"
     ),
     # The paper's signed map repels wrong regions: with exact rewards, the one form in which the blur common to right
     # and wrong samples could cancel instead of being learned (it did not; docs/results.md).
-    "oracle rewards: SRUM (signed map)": ({"reward_map_mode": "signed"}, "oracle", None),
-    "oracle rewards: SRUM (signed map), reference constraint": (
-        {"reward_map_mode": "signed", "constraint": "reference"},
-        "oracle",
-        None,
+    "oracle rewards: SRUM (signed map)": Variant({"reward_map_mode": "signed"}, judge="oracle"),
+    "oracle rewards: SRUM (signed map), reference constraint": Variant(
+        {"reward_map_mode": "signed", "constraint": "reference"}, judge="oracle"
     ),
     # Layout is decided at high noise, the blur of the samples is learned at low noise.
-    "oracle rewards: SRUM (official map), t ≥ 0.8 only": ({"timestep_min": 0.8}, "oracle", None),
+    "oracle rewards: SRUM (official map), t ≥ 0.8 only": Variant({"timestep_min": 0.8}, judge="oracle"),
     # Not self-rewarding either: the same prompts and budget on clean renders. Whether a model has headroom at all —
     # if perfect data for these prompts does not raise its accuracy, no choice among its own samples will.
-    "control: clean renders, uniform weights": (
-        {"use_global_reward": False, "use_local_rewards": False},
-        "renders",
-        None,
-    ),
-    "self-SFT, lr 2e-5": (
-        {"use_global_reward": False, "use_local_rewards": False, "learning_rate": 2e-5},
-        "text",
-        None,
-    ),
+    "control: clean renders, uniform weights": Variant(UNIFORM, derived="renders"),
+    "self-SFT, lr 2e-5": Variant({**UNIFORM, "learning_rate": 2e-5}),
     # The most a perfect judge can select: only the samples the oracle calls right, at the gentlest rate tried.
-    "oracle: correct samples only, uniform weights, lr 2e-5": (
-        {"use_global_reward": False, "use_local_rewards": False, "learning_rate": 2e-5},
-        "correct",
-        None,
+    "oracle: correct samples only, uniform weights, lr 2e-5": Variant(
+        {**UNIFORM, "learning_rate": 2e-5}, derived="correct"
     ),
-    "control: clean renders, uniform weights, lr 2e-5": (
-        {"use_global_reward": False, "use_local_rewards": False, "learning_rate": 2e-5},
-        "renders",
-        None,
-    ),
+    "control: clean renders, uniform weights, lr 2e-5": Variant({**UNIFORM, "learning_rate": 2e-5}, derived="renders"),
+    # Online rounds: fresh samples each round, used once. The paper's loss, the negative-aware loss (with the model's
+    # own judge, and with the oracle as its upper bound), and uniform self-training.
+    "online: SRUM (official loss)": Variant(**ONLINE),
+    "online: NFT, self-judge": Variant(NFT, **ONLINE),
+    "online: NFT, oracle rewards": Variant(NFT, judge="oracle", **ONLINE),
+    "online: self-SFT (uniform weights)": Variant(UNIFORM, **ONLINE),
 }
+DERIVED = {"correct": lambda rollouts, model: oracle_correct(rollouts), "renders": replaced_by_renders}
 
 
 def main() -> None:
@@ -117,90 +138,91 @@ def main() -> None:
         return
     if own.threads:
         torch.set_num_threads(own.threads)
-    sys.argv = [sys.argv[0], *recipe_argv]  # everything else is a recipe key (see config_shapes.yaml)
-    script_args, base_training_args, base_rollout_config, model_args = parse_arguments()
+    run_args, _, base_args, base_rollouts, model_args = parse_arguments(
+        (RunArguments, RoundsConfig, SRUMConfig, RolloutConfig, SRUMModelConfig),
+        recipe_argv,
+        prog="experiments.py",
+        default_config=DEFAULT_CONFIG,
+    )
     logging.basicConfig(level=logging.WARNING)
     model_path = model_args.model_name_or_path or DEFAULT_MODEL_DIR
     unknown = [name for name in own.variants if name not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; known: {list(VARIANTS)}")
 
+    def load():
+        return load_unified_model(model_path, dtype=torch.float32).eval()
+
     for seed in own.seeds:
         # Variants run later for the same seed are added to its file (the base and the rollouts are the same).
         seed_file = output / f"results-seed{seed}.json"
         results: dict[str, dict] = json.loads(seed_file.read_text()) if seed_file.is_file() else {}
-        script_args.eval_seeds = [100 * seed, 100 * seed + 1]
-        base = load_unified_model(model_path, dtype=torch.float32).eval()
-        before, understanding, _ = evaluate_shapes(base, script_args, base_rollout_config, "base")
-        results["base"] = {"accuracy": before, "understanding": understanding}
-        rollouts = {}
+        evaluation = {
+            "per_category": run_args.eval_shapes_per_category,
+            "num_images": run_args.eval_num_images,
+            "seed": 100 * seed,
+            "image_width": base_rollouts.image_width,
+            "image_height": base_rollouts.image_height,
+            "generation_kwargs": base_rollouts.generation_kwargs,
+        }
+        results["base"] = measure(load(), output / f"seed-{seed}" / "eval-base", **evaluation)
+        rollouts: dict[str, Dataset] = {}
         for name in own.variants:
-            overrides, judge_mode, lora_rank = VARIANTS[name]
-            if judge_mode in DERIVED_FROM_TEXT and judge_mode not in rollouts:
-                if "text" not in rollouts:
-                    rollouts["text"] = draw_rollouts(base, base_rollout_config, seed, "text", output)
-                rollouts[judge_mode] = DERIVED_FROM_TEXT[judge_mode](rollouts["text"], base)
-            if judge_mode not in rollouts:
-                rollouts[judge_mode] = draw_rollouts(base, base_rollout_config, seed, judge_mode, output)
-            training_args = copy.deepcopy(base_training_args)
-            training_args.seed = seed
-            training_args.output_dir = str(output / f"seed-{seed}" / f"variant-{list(VARIANTS).index(name)}")
-            for key, value in overrides.items():
-                setattr(training_args, key, value)
+            variant = VARIANTS[name]
+            folder = output / f"seed-{seed}" / f"variant-{list(VARIANTS).index(name)}"
+            training_args = dataclasses.replace(base_args, seed=seed, output_dir=str(folder), **variant.overrides)
+            peft_config = None
+            if variant.lora_rank is not None:
+                peft_config = LoraConfig(r=variant.lora_rank, lora_alpha=2 * variant.lora_rank)
             started = time.perf_counter()
-            model = load_unified_model(model_path, dtype=torch.float32)
-            peft_config = None if lora_rank is None else LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank)
-            trainer = SRUMTrainer(model, training_args, train_dataset=rollouts[judge_mode], peft_config=peft_config)
-            trainer.train()
-            after, understanding, _ = evaluate_shapes(trainer.model.eval(), script_args, base_rollout_config, name)
-            results[name] = {
-                "accuracy": after,
-                "understanding": understanding,
-                "minutes": (time.perf_counter() - started) / 60,
-            }
+            model = load()
+            if variant.rounds > 1:
+                model = train_online(model, variant, training_args, base_rollouts, peft_config, seed)
+            else:
+                dataset = offline_rollouts(rollouts, variant, base_rollouts, seed, output, load)
+                trainer = SRUMTrainer(model, training_args, train_dataset=dataset, peft_config=peft_config)
+                trainer.train()
+                model = trainer.model
+            results[name] = measure(model.eval(), folder / "eval", **evaluation)
+            results[name]["minutes"] = (time.perf_counter() - started) / 60
             output.mkdir(parents=True, exist_ok=True)
             seed_file.write_text(json.dumps(results, indent=2))
     print_table(output)
 
 
-def draw_rollouts(model, base_config, seed: int, judge_mode: str, output: Path) -> Dataset:
-    """Stage 1 with the recipe's settings for one seed and judge (resumed from its folder when already drawn)."""
-    rollout_config = copy.deepcopy(base_config)
-    rollout_config.rollout_seed = seed
-    rollout_config.judge_mode = judge_mode
-    rollout_config.rollout_dir = str(output / f"seed-{seed}" / f"rollouts-{judge_mode}")
-    return run_rollouts(model, config_prompts(rollout_config), rollout_config)
+def offline_rollouts(cache: dict[str, Dataset], variant: Variant, base_config, seed: int, output: Path, load):
+    """The variant's rollout set, drawn once per seed and judge with the base model (or derived from the text ones)."""
+    key = variant.derived or variant.judge
+    if key in cache:
+        return cache[key]
+    if variant.derived is not None or variant.judge == "oracle":
+        text = offline_rollouts(cache, Variant(), base_config, seed, output, load)
+        cache[key] = rescored_by_oracle(text) if variant.judge == "oracle" else DERIVED[variant.derived](text, load())
+        return cache[key]
+    config = dataclasses.replace(
+        base_config,
+        rollout_seed=seed,
+        judge_mode=variant.judge,
+        rollout_dir=str(output / f"seed-{seed}" / f"rollouts-{variant.judge}"),
+    )
+    cache[key] = run_rollouts(load(), config_prompts(config), config)
+    return cache[key]
 
 
-def rescored_by_oracle(rollouts: Dataset, model) -> Dataset:
-    """The same images and regions, with the judge's scores replaced by the oracle's (`oracle_judgement`)."""
-
-    def rescore(row: dict) -> dict:
-        boxes = [region["bbox"] for region in row["regions"]]
-        global_score, region_scores = oracle_judgement(row["image"], parse_prompt(row["prompt"]), boxes)
-        regions = [dict(region, score=score) for region, score in zip(row["regions"], region_scores, strict=True)]
-        return {"global_score": global_score, "regions": regions}
-
-    return rollouts.map(rescore, desc="oracle scores")
-
-
-def oracle_correct(rollouts: Dataset, model) -> Dataset:
-    """Only the rows whose image the oracle judges right for its prompt."""
-    return rollouts.filter(lambda row: evaluate(row["image"], parse_prompt(row["prompt"]))["correct"], desc="oracle")
-
-
-def replaced_by_renders(rollouts: Dataset, model) -> Dataset:
-    """The same rows with each image and its latents replaced by a clean render of the row's prompt."""
-
-    def rerender(row: dict) -> dict:
-        image = render(parse_prompt(row["prompt"]), size=row["image"].width, seed=row["seed"])
-        return {"image": image, "latents": model.encode_images([image])[0].tolist()}
-
-    return rollouts.map(rerender, desc="clean renders")
-
-
-# Rollout sets computed from the `text` rollouts of the same seed rather than drawn: judge mode -> (rollouts, model).
-DERIVED_FROM_TEXT = {"oracle": rescored_by_oracle, "correct": oracle_correct, "renders": replaced_by_renders}
+def train_online(model, variant: Variant, training_args, base_rollouts, peft_config, seed: int):
+    """Online rounds from the base model: fresh candidates each round, judged by the model itself or the oracle."""
+    rollout_config = dataclasses.replace(base_rollouts, rollout_seed=seed, **ONLINE_ROLLOUTS)
+    training_args = dataclasses.replace(training_args, num_train_epochs=1, max_steps=-1, save_strategy="no")
+    pipeline = SRUMPipeline(
+        model,
+        config_prompts(rollout_config),
+        args=training_args,
+        rollout_config=rollout_config,
+        rounds=RoundsConfig(num_rounds=variant.rounds, prompts_per_round=ONLINE_PROMPTS_PER_ROUND, drift_probe=0),
+        peft_config=peft_config,
+        judge=OracleJudge() if variant.judge == "oracle" else None,
+    )
+    return pipeline.run()
 
 
 def print_table(output: Path) -> None:
@@ -220,7 +242,7 @@ def print_table(output: Path) -> None:
         for category in categories:
             values = [100 * run[name]["accuracy"][category] for run in paired]
             cells.append(f"{np.mean(values):.1f} ± {np.std(values):.1f}")
-        change = [100 * (run[name]["accuracy"]["overall"] - run["base"]["accuracy"]["overall"]) for run in paired]
+        change = [accuracy_change(run[name], run["base"]) for run in paired]
         understanding = [100 * run[name]["understanding"] for run in paired]
         cells.append("–" if name == "base" else f"{np.mean(change):+.1f} ± {np.std(change):.1f}")
         cells.append(f"{np.mean(understanding):.1f} ± {np.std(understanding):.1f}")

@@ -1,18 +1,12 @@
-import sys
-
 import numpy as np
 import torch
 from datasets import Dataset
 
 from trl_srum.rollout import ROLLOUT_FEATURES
-from trl_srum.shapes import describe, evaluate, render, sample_specs
+from trl_srum.shapes import describe, evaluate, experiments, render, sample_specs
 from trl_srum.shapes.pretrained import SHAPES_IMAGE_SIZE, load_shapes_model
 
-from ..helpers import REPO_ROOT, tiny_rollout_rows
-
-
-sys.path.insert(0, str(REPO_ROOT / "recipes" / "shapes"))
-import experiments  # noqa: E402
+from ..helpers import tiny_rollout_rows
 
 
 def _shapes_rollouts(model) -> tuple[Dataset, list[dict]]:
@@ -34,7 +28,7 @@ def test_clean_renders_control_swaps_images_and_latents_for_renders_of_the_promp
         torch.testing.assert_close(torch.tensor(row["latents"]), model.encode_images([expected])[0])
         assert row["regions"] == original["regions"] and row["prompt"] == original["prompt"]
     # The oracle accepts every render, so its rescoring of them is all +1.
-    assert experiments.rescored_by_oracle(renders, model)["global_score"] == [1.0] * len(specs)
+    assert experiments.rescored_by_oracle(renders)["global_score"] == [1.0] * len(specs)
 
 
 def test_oracle_filter_keeps_exactly_the_rows_the_oracle_calls_right():
@@ -43,7 +37,7 @@ def test_oracle_filter_keeps_exactly_the_rows_the_oracle_calls_right():
     # One row replaced by a clean render of its prompt: right for sure; the model's random samples are checked as is.
     renders = experiments.replaced_by_renders(rollouts.select([1]), model)
     mixed = Dataset.from_list([rollouts[0], renders[0], rollouts[2]], features=ROLLOUT_FEATURES)
-    kept = experiments.oracle_correct(mixed, model)
+    kept = experiments.oracle_correct(mixed)
     expected = [
         row["row_id"] for row, spec in zip(mixed, specs, strict=True) if evaluate(row["image"], spec)["correct"]
     ]

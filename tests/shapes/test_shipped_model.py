@@ -1,8 +1,6 @@
 """The shapes-world BAGEL that ships with the package, and the main job's default recipe that runs on it."""
 
 import logging
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,11 +8,18 @@ import torch
 from trl_srum.judge.prompts import global_probability_question
 from trl_srum.models import load_unified_model
 from trl_srum.models.bagel import BagelModel
+from trl_srum.pipeline import RoundsConfig
+from trl_srum.rollout import RolloutConfig
+from trl_srum.scripts.run import RunArguments
+from trl_srum.scripts.utils import OncePerMessage, SRUMModelConfig, load_model, parse_arguments
 from trl_srum.shapes import describe, render
 from trl_srum.shapes.pretrained import DEFAULT_MODEL_DIR, SHAPES_IMAGE_SIZE, SHAPES_SAMPLING, load_shapes_model
+from trl_srum.srum_config import SRUMConfig
+
+from ..helpers import REPO_ROOT
 
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+MAIN_JOB_CONFIG = REPO_ROOT / "recipes" / "bagel" / "srum" / "config_shapes.yaml"
 SPEC = {"objects": [{"shape": "circle", "color": "red", "count": 1}], "relation": None}
 
 
@@ -60,35 +65,30 @@ def test_shipped_model_prefers_yes_for_a_clean_matching_render(model):
     assert margin[0] > margin[1]
 
 
-def test_main_job_defaults_to_the_shipped_model_and_its_sampler(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO_ROOT / "recipes"))
-    monkeypatch.setattr(sys, "argv", ["srum_bagel.py"])
-    from srum_bagel import parse_arguments
+def main_job_arguments() -> tuple:
+    """What `recipes/srum_bagel.py` (`trl-srum run` on its default recipe) parses with no arguments."""
+    classes = (RunArguments, RoundsConfig, SRUMConfig, RolloutConfig, SRUMModelConfig)
+    return parse_arguments(classes, [], prog="srum_bagel.py", default_config=MAIN_JOB_CONFIG)
 
-    script_args, training_args, rollout_config, model_args = parse_arguments()
-    assert model_args.model_name_or_path is None  # -> DEFAULT_MODEL_DIR in main()
-    assert script_args.eval_shapes_per_category > 0 and rollout_config.shapes_prompts > 0
+
+def test_main_job_defaults_to_the_shipped_model_and_its_sampler():
+    run_args, _, training_args, rollout_config, model_args = main_job_arguments()
+    assert model_args.model_name_or_path is None  # -> DEFAULT_MODEL_DIR when the model is loaded
+    assert run_args.eval_protocol == "shapes" and rollout_config.shapes_prompts > 0
     assert (rollout_config.image_width, rollout_config.image_height) == (SHAPES_IMAGE_SIZE, SHAPES_IMAGE_SIZE)
     for key, value in SHAPES_SAMPLING.items():
         assert rollout_config.generation_kwargs[key] == (list(value) if isinstance(value, tuple) else value), key
-    assert training_args.use_cpu and training_args.lambda_constraint == 0.5
+    assert training_args.use_cpu
 
 
-def test_main_job_loads_the_shipped_model_on_the_process_device(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO_ROOT / "recipes"))
-    monkeypatch.setattr(sys, "argv", ["srum_bagel.py"])
-    from srum_bagel import load_model, parse_arguments
-
-    model_args = parse_arguments()[3]
+def test_main_job_loads_the_shipped_model_on_the_process_device():
+    model_args = main_job_arguments()[4]
     model = load_model(model_args, torch.device("cpu"))
     assert model_args.model_name_or_path == str(DEFAULT_MODEL_DIR)
     assert isinstance(model, BagelModel) and model.device.type == "cpu" and not model.training
 
 
-def test_main_job_logs_a_repeated_bitsandbytes_warning_once(monkeypatch, caplog):
-    monkeypatch.syspath_prepend(str(REPO_ROOT / "recipes"))
-    from srum_bagel import OncePerMessage
-
+def test_main_job_logs_a_repeated_bitsandbytes_warning_once(caplog):
     logger = logging.getLogger("test.once_per_message")
     once = OncePerMessage()
     logger.addFilter(once)
