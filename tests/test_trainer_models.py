@@ -208,8 +208,8 @@ MODEL_SPECIFIC_RECIPES = {
 }
 ALLOWED_MODEL_WORDS = {
     "trl_srum/shapes/pretrained.py": (
-        {"shapes_bagel", "trl_srum.models.bagel", "BagelModel"},
-        "the shapes world's shipped model is a BAGEL: this module names its folder and its class to load it",
+        {"shapes_bagel"},
+        "the shapes world's shipped model is a BAGEL: this module names its folder",
     ),
     "trl_srum/eval/config.py": (
         {"Qwen/Qwen2.5-VL-7B-Instruct"},

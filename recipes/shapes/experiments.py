@@ -158,7 +158,7 @@ def main() -> None:
         seed_file = output / f"results-seed{seed}.json"
         results: dict[str, dict] = json.loads(seed_file.read_text()) if seed_file.is_file() else {}
         evaluation = {
-            "per_category": run_args.eval_shapes_per_category,
+            "per_category": run_args.eval_prompts_per_category,
             "num_images": run_args.eval_num_images,
             "seed": 100 * seed,
             "image_width": base_rollouts.image_width,

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from trl_srum.shapes.plugin import SHAPES_MODEL_NAME
+
 from ..helpers import REPO_ROOT, free_port, script_env
 from .utils import SETTINGS, without_paths
 
@@ -22,7 +24,8 @@ def test_two_processes_write_the_results_of_one(reference, tmp_path):
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", str(ACCELERATE_CONFIG),
         "--main_process_port", str(free_port()),
-        "-m", "trl_srum.cli", "eval", *options, "--dtype", "float32", "--eval_dir", str(tmp_path / "run"),
+        "-m", "trl_srum.cli", "eval", *options, "--model_name_or_path", SHAPES_MODEL_NAME, "--dtype", "float32",
+        "--eval_dir", str(tmp_path / "run"),
     ]  # fmt: skip
     result = subprocess.run(command, env=script_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-5000:]

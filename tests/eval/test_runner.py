@@ -14,10 +14,10 @@ from trl_srum.cli import main as cli_main
 from trl_srum.eval import EvalConfig, evaluate_folder, evaluate_model
 from trl_srum.eval.images import draw_images, find_images
 from trl_srum.eval.protocols import build_protocol
-from trl_srum.eval.shapes import ShapesProtocol
 from trl_srum.eval.sources import load_prompt_records
 from trl_srum.rollout.prompts import PromptRecord
 from trl_srum.shapes import evaluate, parse_prompt
+from trl_srum.shapes.eval_protocol import ShapesProtocol
 
 from .utils import COMPBENCH_PROMPTS, SETTINGS, random_images, without_paths, write_compbench_prompts
 
@@ -185,7 +185,9 @@ def test_the_command_line(reference, tmp_path, capsys):
     assert exit_.value.code == 0 and "usage: trl-srum eval" in capsys.readouterr().out
     # judge the reference run's images as a folder: the same table
     images, run = str(reference.eval_dir / "images"), str(tmp_path / "folder")
-    cli_main(["eval", *"--protocol shapes --shapes_per_category 2".split(), "--images_dir", images, "--eval_dir", run])
+    cli_main(
+        ["eval", *"--protocol shapes --prompts_per_category 2".split(), "--images_dir", images, "--eval_dir", run]
+    )
     assert "| **overall** |" in capsys.readouterr().out
     folder = json.loads((tmp_path / "folder" / "results.json").read_text())
     assert folder["overall"] == reference.overall and folder["images"]["generation"]["eval_seed"] == 0

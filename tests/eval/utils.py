@@ -17,7 +17,7 @@ from trl_srum.shapes.pretrained import SHAPES_SAMPLING
 # The evaluation of the shipped shapes model most tests share: 12 held-out prompts, 2 images each, 6 sampler steps.
 SETTINGS = {
     "protocol": "shapes",
-    "shapes_per_category": 2,
+    "prompts_per_category": 2,
     "num_images": 2,
     "image_width": 64,
     "image_height": 64,

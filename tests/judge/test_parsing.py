@@ -7,12 +7,12 @@ import pytest
 from trl_srum.judge import parsing
 from trl_srum.judge.parsing import (
     ScoreParse,
-    parse_boxes,
     parse_global_score,
     parse_global_score_detailed,
     parse_region_scores,
     parse_region_scores_detailed,
 )
+from trl_srum.prompt_text import parse_boxes
 
 
 # (id, judge output, expected global score)

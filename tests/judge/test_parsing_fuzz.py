@@ -9,12 +9,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trl_srum.judge.parsing import (
-    parse_boxes,
     parse_global_score,
     parse_global_score_detailed,
     parse_region_scores,
     parse_region_scores_detailed,
 )
+from trl_srum.prompt_text import parse_boxes
 
 
 # No example database: the suite must not leave a .hypothesis folder in the checkout.

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from trl_srum.judge import prompts
-from trl_srum.judge.parsing import parse_boxes, parse_global_score, parse_region_scores
+from trl_srum.judge.parsing import parse_global_score, parse_region_scores
 from trl_srum.judge.prompts import (
     CONCISE_SCORES,
     PROBABILITY_SCALE,
@@ -16,13 +16,13 @@ from trl_srum.judge.prompts import (
     global_answer,
     global_judge_prompt,
     global_probability_question,
-    grounding_answer,
-    grounding_prompt,
     region_answer,
     region_judge_prompt,
     region_probability_question,
     region_relevance_question,
 )
+from trl_srum.models.bagel.tiny import TINY_WORDS
+from trl_srum.prompt_text import grounding_answer, grounding_prompt, parse_boxes
 
 
 STYLES = ["detailed", "concise"]
@@ -126,6 +126,8 @@ def test_concise_vocabulary_is_small_and_fixed():
     assert len(vocabulary) <= 20
     assert all(re.fullmatch(r"[a-z]+", word) for word in vocabulary)
     assert {answer for answer, _ in PROBABILITY_SCALE} <= set(vocabulary)
+    # The tiny test models spell every word of the concise judge (their list is kept apart: models sit below the judge).
+    assert set(vocabulary) <= set(TINY_WORDS)
 
 
 @pytest.mark.parametrize("score", [-1.0, -0.8, -0.26, -0.25, 0.0, 0.1, 0.3, 0.74, 1.0])

@@ -38,7 +38,7 @@ def test_the_three_formats_give_the_same_records(tmp_path):
         PromptRecord("1", ""),
         PromptRecord("2", "two blue squares"),
     ]
-    assert resolve_prompts(str(txt_file), 0, 0, limit=2) == load_prompts(txt_file)[:2]
+    assert resolve_prompts(str(txt_file), None, 0, 0, limit=2) == load_prompts(txt_file)[:2]
 
 
 @pytest.mark.parametrize(
@@ -60,18 +60,18 @@ def test_a_malformed_file_fails_naming_its_path(tmp_path, name, content, message
     path = tmp_path / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(ValueError, match=message) as error:
-        resolve_prompts(str(path), 0, 0, None)
+        resolve_prompts(str(path), None, 0, 0, None)
     assert str(path) in str(error.value)
 
 
 def test_a_missing_or_unreadable_file_fails_naming_its_path(tmp_path, monkeypatch):
     missing = tmp_path / "nowhere" / "prompts.txt"
     with pytest.raises(FileNotFoundError, match="prompt file not found") as error:
-        resolve_prompts(str(missing), 0, 0, None)
+        resolve_prompts(str(missing), None, 0, 0, None)
     assert str(missing) in str(error.value)
     (tmp_path / "folder.txt").mkdir()
     with pytest.raises(FileNotFoundError, match="folder.txt"):
-        resolve_prompts(str(tmp_path / "folder.txt"), 0, 0, None)
+        resolve_prompts(str(tmp_path / "folder.txt"), None, 0, 0, None)
 
     unreadable = tmp_path / "locked.txt"
     unreadable.write_text("a red circle\n")
@@ -86,25 +86,30 @@ def test_a_missing_or_unreadable_file_fails_naming_its_path(tmp_path, monkeypatc
 
         monkeypatch.setattr(Path, "read_text", read_text)
     with pytest.raises(ValueError, match="cannot read prompt file") as error:
-        resolve_prompts(str(unreadable), 0, 0, None)
+        resolve_prompts(str(unreadable), None, 0, 0, None)
     assert str(unreadable) in str(error.value)
 
 
 def test_prompts_must_come_from_exactly_one_place(tmp_path):
     with pytest.raises(ValueError, match="needs prompts"):
-        resolve_prompts(None, 0, 0, None)
+        resolve_prompts(None, None, 0, 0, None)
     (tmp_path / "p.txt").write_text("a red circle\n")
     with pytest.raises(ValueError, match="not both"):
-        resolve_prompts(str(tmp_path / "p.txt"), 2, 0, None)
-    shapes = resolve_prompts(None, 2, 0, None)
+        resolve_prompts(str(tmp_path / "p.txt"), "shapes", 2, 0, None)
+    with pytest.raises(ValueError, match="prompt_source_size >= 1"):
+        resolve_prompts(None, "shapes", 0, 0, None)
+    with pytest.raises(ValueError, match=r"no prompt source 'pictures'; registered: \[.*'shapes'"):
+        resolve_prompts(None, "pictures", 2, 0, None)
+    # The shapes world's source, registered by its plug-in (the entry point in setup.cfg).
+    shapes = resolve_prompts(None, "shapes", 2, 0, None)
     assert len(shapes) == 2 * len({record.category for record in shapes}) and all(r.prompt for r in shapes)
-    assert shapes == resolve_prompts(None, 2, 0, None)  # seeded
+    assert shapes == resolve_prompts(None, "shapes", 2, 0, None)  # seeded
 
 
 def test_a_rollout_config_names_its_prompts(tmp_path):
     (tmp_path / "p.txt").write_text("a red circle\ntwo blue squares\na green triangle\n")
     from_file = RolloutConfig(prompts_file=str(tmp_path / "p.txt"), num_prompts=2, proposer="components")
     assert [r.prompt for r in config_prompts(from_file)] == ["a red circle", "two blue squares"]
-    shapes = RolloutConfig(shapes_prompts=2, rollout_seed=3, proposer="components")
-    assert config_prompts(shapes) == resolve_prompts(None, 2, 3, None)
-    assert config_prompts(shapes) != resolve_prompts(None, 2, 4, None)
+    shapes = RolloutConfig(prompt_source="shapes", prompt_source_size=2, rollout_seed=3, proposer="components")
+    assert config_prompts(shapes) == resolve_prompts(None, "shapes", 2, 3, None)
+    assert config_prompts(shapes) != resolve_prompts(None, "shapes", 2, 4, None)

@@ -3,8 +3,9 @@ import pytest
 import torch
 from PIL import Image
 
-from trl_srum.judge import parse_boxes, parse_global_score, parse_region_scores
+from trl_srum.judge import parse_global_score, parse_region_scores
 from trl_srum.models.bagel.tiny import tiny_bagel_model
+from trl_srum.prompt_text import parse_boxes
 from trl_srum.shapes import alter, describe, detect, is_heldout, parse_prompt, render, render_scene, sample_specs
 from trl_srum.shapes.evaluation import (
     evaluation_specs,

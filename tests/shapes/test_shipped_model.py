@@ -13,6 +13,7 @@ from trl_srum.rollout import RolloutConfig
 from trl_srum.scripts.run import RunArguments
 from trl_srum.scripts.utils import OncePerMessage, SRUMModelConfig, load_model, parse_arguments
 from trl_srum.shapes import describe, render
+from trl_srum.shapes.plugin import SHAPES_MODEL_NAME
 from trl_srum.shapes.pretrained import DEFAULT_MODEL_DIR, SHAPES_IMAGE_SIZE, SHAPES_SAMPLING, load_shapes_model
 from trl_srum.srum_config import SRUMConfig
 
@@ -73,8 +74,8 @@ def main_job_arguments() -> tuple:
 
 def test_main_job_defaults_to_the_shipped_model_and_its_sampler():
     run_args, _, training_args, rollout_config, model_args = main_job_arguments()
-    assert model_args.model_name_or_path is None  # -> DEFAULT_MODEL_DIR when the model is loaded
-    assert run_args.eval_protocol == "shapes" and rollout_config.shapes_prompts > 0
+    assert model_args.model_name_or_path == SHAPES_MODEL_NAME  # the plug-in's name of the shipped model
+    assert run_args.eval_protocol == "shapes" and rollout_config.prompt_source == "shapes"
     assert (rollout_config.image_width, rollout_config.image_height) == (SHAPES_IMAGE_SIZE, SHAPES_IMAGE_SIZE)
     for key, value in SHAPES_SAMPLING.items():
         assert rollout_config.generation_kwargs[key] == (list(value) if isinstance(value, tuple) else value), key
@@ -84,7 +85,7 @@ def test_main_job_defaults_to_the_shipped_model_and_its_sampler():
 def test_main_job_loads_the_shipped_model_on_the_process_device():
     model_args = main_job_arguments()[4]
     model = load_model(model_args, torch.device("cpu"))
-    assert model_args.model_name_or_path == str(DEFAULT_MODEL_DIR)
+    assert model.name_or_path == str(DEFAULT_MODEL_DIR)
     assert isinstance(model, BagelModel) and model.device.type == "cpu" and not model.training
 
 

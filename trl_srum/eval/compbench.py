@@ -34,7 +34,7 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
-from ..judge.parsing import final_answer_text
+from ..prompt_text import final_answer_text
 from ..rollout.prompts import PromptRecord
 from ..rollout.runner import candidate_seed
 from .config import AGGREGATIONS, EvalConfig

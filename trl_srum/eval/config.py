@@ -30,8 +30,9 @@ class EvalConfig:
             Split of a Hub dataset named by `prompts`.
         max_prompts (`int`, *optional*):
             Use only the first this many prompts.
-        shapes_per_category (`int`, *optional*, defaults to `16`):
-            `shapes` without `prompts`: this many held-out prompts per category (all of them where there are fewer).
+        prompts_per_category (`int`, *optional*, defaults to `16`):
+            For a protocol with prompts of its own (the shapes world's held-out prompts) when `prompts` is not given:
+            this many per category (all of them where there are fewer).
 
         > Parameters that control the images
 
@@ -100,7 +101,7 @@ class EvalConfig:
     prompts: str | None = field(default=None, metadata={"help": "Prompt file, saved dataset folder or Hub dataset."})
     prompts_split: str = field(default="train", metadata={"help": "Split of a Hub prompt dataset."})
     max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
-    shapes_per_category: int = field(default=16, metadata={"help": "Held-out shapes prompts per category."})
+    prompts_per_category: int = field(default=16, metadata={"help": "Prompts per category of a protocol's own set."})
 
     images_dir: str | None = field(default=None, metadata={"help": "Judge this folder of images instead of drawing."})
     num_images: int = field(default=4, metadata={"help": "Images per prompt."})
@@ -146,8 +147,8 @@ class EvalConfig:
         for name in ("num_images", "generation_batch_size", "judge_batch_size", "max_objects", "grid_thumbnail"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.judge_retries < 0 or self.grid_prompts < 0 or self.shapes_per_category < 1:
-            raise ValueError("judge_retries and grid_prompts must be >= 0, shapes_per_category >= 1")
+        if self.judge_retries < 0 or self.grid_prompts < 0 or self.prompts_per_category < 1:
+            raise ValueError("judge_retries and grid_prompts must be >= 0, prompts_per_category >= 1")
         if self.max_prompts is not None and self.max_prompts < 1:
             raise ValueError(f"max_prompts must be >= 1, got {self.max_prompts}")
 

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image, ImageOps
 
+from ..plugins import load_plugins
 from ..rollout.prompts import PromptRecord
 from .config import EvalConfig
 
@@ -112,10 +113,10 @@ class EvalProtocol(ABC):
         return f"unweighted mean of {', '.join(units)}"
 
 
+# Plug-ins add theirs (`trl_srum.plugins`): the shapes world registers `shapes`.
 PROTOCOLS: dict[str, str | type[EvalProtocol]] = {
     "compbench-vlm": "trl_srum.eval.compbench:CompBenchProtocol",
     "geneval": "trl_srum.eval.geneval:GenEvalProtocol",
-    "shapes": "trl_srum.eval.shapes:ShapesProtocol",
 }
 
 
@@ -130,6 +131,7 @@ def protocol_class(name: str) -> type[EvalProtocol]:
     Raises:
         ValueError: naming the registered protocols when `name` is not one of them.
     """
+    load_plugins()
     if name not in PROTOCOLS:
         raise ValueError(f"unknown evaluation protocol {name!r}; registered: {sorted(PROTOCOLS)}")
     target = PROTOCOLS[name]

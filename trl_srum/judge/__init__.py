@@ -2,7 +2,6 @@
 
 from .parsing import (
     ScoreParse,
-    parse_boxes,
     parse_global_score,
     parse_global_score_detailed,
     parse_region_scores,
@@ -17,8 +16,6 @@ from .prompts import (
     global_answer,
     global_judge_prompt,
     global_probability_question,
-    grounding_answer,
-    grounding_prompt,
     region_answer,
     region_judge_prompt,
     region_probability_question,
@@ -36,9 +33,6 @@ __all__ = [
     "global_answer",
     "global_judge_prompt",
     "global_probability_question",
-    "grounding_answer",
-    "grounding_prompt",
-    "parse_boxes",
     "parse_global_score",
     "parse_global_score_detailed",
     "parse_region_scores",

@@ -1,4 +1,4 @@
-"""Read the self-judge's free-text answers: a global score, per-region scores (all in [-1, 1]) and boxes.
+"""Read the self-judge's free-text answers: a global score and per-region scores, all in [-1, 1].
 
 The judge is the model being trained, so its answers drift away from the requested format. The reference parser split
 region blocks on blank lines, took the first `Score:` it saw (possibly inside leaked reasoning), missed `.5`, and
@@ -6,10 +6,8 @@ neither clamped scores nor checked region ids. These parsers accept the formats 
 they cannot find instead of guessing.
 
 Where the answer is read from
-    Only the text after the last `</think>` (or `</thinking>`). With an opening `<think>` but no closing tag the
-    reasoning was cut short, so the text from the last line that starts a final answer ("Final answer", "Answer:",
-    "Final score", ...) is used when there is one, and the whole text otherwise. Inside that, the last
-    `<answer>...</answer>` block is used when there is one.
+    As every answer of a model is read (`trl_srum.prompt_text.final_answer_text`): after the last `</think>`, or
+    from the last "Final answer"-like line of an unfinished reasoning, and inside the last `<answer>` block.
 
 What a score looks like
     A number after a label: `Score: 0.8`, `Rating: 0.8`, `Final answer: 0.8`, `**Score:** 0.8`, `score = .5`,
@@ -43,9 +41,9 @@ Regions
 from __future__ import annotations
 
 import re
-import unicodedata
-from collections import deque
 from dataclasses import dataclass
+
+from ..prompt_text import final_answer_text, last_match
 
 
 @dataclass(frozen=True)
@@ -76,19 +74,6 @@ def _score(raw: float) -> ScoreParse:
 # Every pattern below is linear in the input: quantifiers next to each other either cannot match the same characters or
 # are bounded, so long junk strings cannot make the regex engine backtrack catastrophically.
 _FLAGS = re.IGNORECASE | re.ASCII
-
-_DASHES = str.maketrans(dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2212\ufe63\uff0d", "-") | {"\u2044": "/"})
-_FENCE = re.compile(r"```[a-z]*", _FLAGS)
-
-_THINK_END = re.compile(r"</think(?:ing)?>", _FLAGS)
-_THINK_START = re.compile(r"<think(?:ing)?>", _FLAGS)
-_ANSWER_OPEN = re.compile(r"<answer>", _FLAGS)
-_ANSWER_CLOSE = re.compile(r"</answer>", _FLAGS)
-_FINAL_MARKER = re.compile(
-    r"^[^\S\n]{0,8}[#>+-]{0,6}[^\S\n]{0,4}"
-    r"(?:final[^\S\n]{1,3}(?:answer|score|output|verdict|evaluation|assessment|result)|answer)(?![a-z])",
-    _FLAGS | re.MULTILINE,
-)
 
 # A number as a judge writes it; a decimal comma only where no further list item follows it.
 _NUMBER = r"[+-]?(?:[0-9]+(?:\.[0-9]+|,[0-9]+(?![0-9,]|\.[0-9]))?|\.[0-9]+)"
@@ -150,60 +135,8 @@ _PLAIN_NUMBER = re.compile(_PLAIN)
 _SCORE_LIST = re.compile(rf"\[\s*(?:{_PLAIN}\s*,\s*)*{_PLAIN}\s*,?\s*\]")
 _BARE_SCORE = re.compile(rf"[\s\"'(\[{{]*{_VALUE}[\s\"')\]}}.]*", _FLAGS)
 
-_COORD = r"[+-]?[0-9]+(?:\.[0-9]+)?"
-_BOX = re.compile(
-    # two corners: (x1, y1), (x2, y2) -- also inside <box>...</box> or <|box_start|>...<|box_end|>
-    rf"[(\[]\s*(?P<p1>{_COORD})\s*,\s*(?P<p2>{_COORD})\s*[)\]]\s*,?\s*"
-    rf"[(\[]\s*(?P<p3>{_COORD})\s*,\s*(?P<p4>{_COORD})\s*[)\]]"
-    # one list: [x1, y1, x2, y2] or (x1, y1, x2, y2)
-    rf"|[(\[]\s*(?P<l1>{_COORD})\s*,\s*(?P<l2>{_COORD})\s*,\s*(?P<l3>{_COORD})\s*,\s*(?P<l4>{_COORD})\s*[)\]]"
-    # a word: box x1 y1 x2 y2 (the concise style) or <box>x1 y1 x2 y2</box>
-    rf"|\bbox\b[^\S\n]{{0,3}}[:=>]?[^\S\n]{{0,3}}(?P<w1>{_COORD})[\s,]+(?P<w2>{_COORD})[\s,]+"
-    rf"(?P<w3>{_COORD})[\s,]+(?P<w4>{_COORD})",
-    _FLAGS,
-)
-
 
 # ----------------------------------------------------------------------------------------------------------- helpers
-def _normalize(text: str) -> str:
-    # NFKC folds full-width digits and colons and odd spaces into ASCII; emphasis and fences carry no meaning here.
-    text = unicodedata.normalize("NFKC", text).translate(_DASHES)
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return _FENCE.sub("", text).replace("*", "").replace("`", "").replace("__", "")
-
-
-def _last(pattern: re.Pattern[str], text: str, pos: int = 0) -> re.Match[str] | None:
-    last = deque(pattern.finditer(text, pos), maxlen=1)
-    return last[0] if last else None
-
-
-def _final_answer(text: str) -> str:
-    """The part of a normalised answer that holds the final answer (see the module docstring)."""
-    think_end = _last(_THINK_END, text)
-    if think_end is not None:
-        text = text[think_end.end() :]
-    else:
-        think_start = _THINK_START.search(text)
-        if think_start is not None:
-            marker = _last(_FINAL_MARKER, text, think_start.end())
-            if marker is not None:
-                text = text[marker.start() :]
-    answer_open = _last(_ANSWER_OPEN, text)
-    if answer_open is not None:
-        answer_close = _ANSWER_CLOSE.search(text, answer_open.end())
-        text = text[answer_open.end() : answer_close.start() if answer_close else len(text)]
-    return text
-
-
-def final_answer_text(text: str) -> str:
-    """The normalised part of a judge's answer that holds its final answer (see "Where the answer is read from").
-
-    Normalised as every parser here reads it: unicode folded, dashes made ASCII, markdown emphasis, backticks and code
-    fences removed. For parsers of other answer formats (e.g. the evaluation judge's 0-100 scores).
-    """
-    return _final_answer(_normalize(text))
-
-
 def _value(match: re.Match[str]) -> ScoreParse | None:
     if match.group("scale"):
         return None
@@ -316,7 +249,7 @@ def _object_entries(text: str) -> tuple[list[_Entry], list[tuple[int, int]]]:
     for obj in _OBJECT.finditer(text):
         body = obj.group()
         region = _OBJECT_ID.search(body)
-        score = _last(_OBJECT_SCORE, body)
+        score = last_match(_OBJECT_SCORE, body)
         if region is not None and score is not None:
             entries.append(_Entry(obj.start(), int(region.group("rid")), _value(score)))
         else:
@@ -449,34 +382,3 @@ def parse_region_scores(text: str, num_regions: int) -> list[float | None]:
     ```
     """
     return [parse.value if parse is not None else None for parse in parse_region_scores_detailed(text, num_regions)]
-
-
-def parse_boxes(text: str, image_size: tuple[int, int]) -> list[tuple[float, float, float, float]]:
-    """Boxes a model wrote as text, in the image's pixels, clipped to the image.
-
-    Reads `[x1, y1, x2, y2]` and `(x1, y1, x2, y2)` lists (also nested in JSON), corner pairs `(x1, y1), (x2, y2)`
-    (as in `<box>(x1,y1),(x2,y2)</box>` and `<|box_start|>...<|box_end|>`), and `box x1 y1 x2 y2` (the concise
-    style), in order of appearance. Coordinates are taken as pixels. A box whose clipped width or height is under
-    one pixel is dropped: that covers inverted and empty boxes, boxes outside the image, and boxes in normalised
-    [0, 1] coordinates, which would otherwise be silently read as a sub-pixel box in the corner.
-
-    Args:
-        text (`str`):
-            The model's answer.
-        image_size (`tuple[int, int]`):
-            `(width, height)` of the image in pixels.
-
-    Returns:
-        `list` of `(x1, y1, x2, y2)` with `0 <= x1 < x2 <= width` and `0 <= y1 < y2 <= height`.
-    """
-    width, height = image_size
-    if width <= 0 or height <= 0:
-        raise ValueError(f"image_size must be a positive (width, height), got {image_size}")
-    boxes = []
-    for match in _BOX.finditer(final_answer_text(text)):
-        coords = [float(c) for c in match.groups() if c is not None]
-        x1, x2 = (min(max(c, 0.0), float(width)) for c in coords[0::2])
-        y1, y2 = (min(max(c, 0.0), float(height)) for c in coords[1::2])
-        if x2 - x1 >= 1.0 and y2 - y1 >= 1.0:
-            boxes.append((x1, y1, x2, y2))
-    return boxes

@@ -3,11 +3,11 @@
 Two styles:
 
 - `"detailed"` (default), for real 7B-class unified models: plain-English instructions, a rubric, and an output format
-  that [`~trl_srum.judge.parsing`] reads (`Score: <number>` / `Reason: ...`, `Region <i>: ... | Score: <number>`,
-  one `[x1, y1, x2, y2]` box per line).
+  that [`~trl_srum.judge.parsing`] reads (`Score: <number>` / `Reason: ...`, `Region <i>: ... | Score: <number>`).
 - `"concise"`, for tiny models trained from scratch with a word-level tokenizer: a short, fixed sequence of
   lower-case words separated by single spaces, with no punctuation. Apart from the user's prompt (or phrase) and
-  numbers, every word of a concise prompt and of its expected answer is in [`concise_vocabulary`].
+  numbers, every word of a concise prompt and of its expected answer is in [`concise_vocabulary`] (grounding prompts,
+  which models answer natively, live in `trl_srum.prompt_text`; their words are included).
 
 Numbers in the concise style are single words too. Image sizes, box coordinates and region ids are non-negative
 integers (boxes lie inside the image and are rounded to whole pixels), so a word-level tokenizer needs the integers
@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 
+from ..prompt_text import GROUNDING_WORDS, PIXEL_COORDINATES, Style, box_text, checked_size, is_concise, size_text
 
-Style = Literal["detailed", "concise"]
 
 # The answer scale of the token-probability judge: the model's probabilities of these answers are renormalised over
 # the scale and averaged with these values (see `expected_score`). Yes/no answers are single tokens for common
@@ -46,13 +45,11 @@ _CONCISE_WORDS = (
     "score",
     "match",
     "relevant",
-    "find",
     "size",
     "box",
     "prompt",
-    "phrase",
-    # answers, besides those of PROBABILITY_SCALE
-    "none",
+    # grounding prompts and their answers (`trl_srum.prompt_text`)
+    *GROUNDING_WORDS,
 )
 
 
@@ -60,39 +57,6 @@ def concise_vocabulary() -> list[str]:
     """Every word that concise prompts and their expected answers can contain, besides the user's text and numbers."""
     return sorted(set(_CONCISE_WORDS) | {answer for answer, _ in PROBABILITY_SCALE})
 
-
-# ----------------------------------------------------------------------------------------------------------- helpers
-def _is_concise(style: Style) -> bool:
-    if style not in ("detailed", "concise"):
-        raise ValueError(f"style must be 'detailed' or 'concise', got {style!r}")
-    return style == "concise"
-
-
-def _checked_size(image_size: tuple[int, int]) -> tuple[int, int]:
-    width, height = image_size
-    if width <= 0 or height <= 0:
-        raise ValueError(f"image_size must be a positive (width, height), got {image_size}")
-    return round(width), round(height)
-
-
-def _pixel_box(box: Sequence[float]) -> tuple[int, int, int, int]:
-    if len(box) != 4:
-        raise ValueError(f"a box is (x1, y1, x2, y2), got {box}")
-    x1, y1, x2, y2 = (round(float(c)) for c in box)
-    return x1, y1, x2, y2
-
-
-def _box_text(box: Sequence[float], concise: bool) -> str:
-    coords = _pixel_box(box)
-    return " ".join(map(str, coords)) if concise else "[" + ", ".join(map(str, coords)) + "]"
-
-
-def _size_text(image_size: tuple[int, int]) -> str:
-    width, height = _checked_size(image_size)
-    return f"{width} x {height} pixels (width x height)"
-
-
-_PIXEL_COORDINATES = "with (0, 0) at the top-left corner, x growing to the right and y growing downwards"
 
 # Shared by the region judge, whose rubric is read once per region.
 _REGION_RUBRIC = """\
@@ -119,13 +83,13 @@ def global_judge_prompt(prompt: str, image_size: tuple[int, int], *, style: Styl
     Expected answer: `Score: <number>` then `Reason: <text>` (detailed), or `score <s>` with `s` in
     [`CONCISE_SCORES`] (concise); see [`global_answer`].
     """
-    if _is_concise(style):
-        width, height = _checked_size(image_size)
+    if is_concise(style):
+        width, height = checked_size(image_size)
         return f"layout score size {width} {height} prompt {prompt}"
     return f"""You are reviewing an image that was generated from a text prompt.
 
 Prompt: "{prompt}"
-Image size: {_size_text(image_size)}.
+Image size: {size_text(image_size)}.
 
 Judge only the global layout: which of the requested things appear, where they sit in the frame, how large they are \
 compared with each other, and whether their arrangement does what the prompt asks (left or right, above or below, in \
@@ -157,16 +121,16 @@ def region_judge_prompt(
     """
     if not boxes:
         raise ValueError("region_judge_prompt needs at least one box")
-    if _is_concise(style):
-        width, height = _checked_size(image_size)
-        regions = " ".join(f"region {i} box {_box_text(box, True)}" for i, box in enumerate(boxes, start=1))
+    if is_concise(style):
+        width, height = checked_size(image_size)
+        regions = " ".join(f"region {i} box {box_text(box, True)}" for i, box in enumerate(boxes, start=1))
         return f"region score size {width} {height} {regions} prompt {prompt}"
-    regions = "\n".join(f"Region {i}: {_box_text(box, False)}" for i, box in enumerate(boxes, start=1))
+    regions = "\n".join(f"Region {i}: {box_text(box, False)}" for i, box in enumerate(boxes, start=1))
     return f"""You are reviewing an image that was generated from a text prompt, one region at a time.
 
 Prompt: "{prompt}"
-Image size: {_size_text(image_size)}.
-Boxes are [x1, y1, x2, y2] in those pixels, {_PIXEL_COORDINATES}.
+Image size: {size_text(image_size)}.
+Boxes are [x1, y1, x2, y2] in those pixels, {PIXEL_COORDINATES}.
 
 These {len(boxes)} regions were proposed automatically and carry no labels:
 {regions}
@@ -187,12 +151,12 @@ def region_relevance_question(
 
     Answered with the words of [`PROBABILITY_SCALE`] and read with [`expected_score`] (> 0 means relevant).
     """
-    if _is_concise(style):
-        width, height = _checked_size(image_size)
-        return f"relevant size {width} {height} box {_box_text(box, True)} prompt {prompt}"
+    if is_concise(style):
+        width, height = checked_size(image_size)
+        return f"relevant size {width} {height} box {box_text(box, True)} prompt {prompt}"
     return (
-        f'This image of {_size_text(image_size)} was generated from the prompt "{prompt}". '
-        f"Look only at the box {_box_text(box, False)}, in pixels {_PIXEL_COORDINATES}. "
+        f'This image of {size_text(image_size)} was generated from the prompt "{prompt}". '
+        f"Look only at the box {box_text(box, False)}, in pixels {PIXEL_COORDINATES}. "
         "Does that part of the image show something the prompt mentions, or something that directly supports it? "
         "Answer yes or no."
     )
@@ -203,11 +167,11 @@ def global_probability_question(prompt: str, image_size: tuple[int, int], *, sty
 
     Answered with the words of [`PROBABILITY_SCALE`]; [`expected_score`] turns their probabilities into a score.
     """
-    if _is_concise(style):
-        width, height = _checked_size(image_size)
+    if is_concise(style):
+        width, height = checked_size(image_size)
         return f"layout match size {width} {height} prompt {prompt}"
     return (
-        f'This image of {_size_text(image_size)} was generated from the prompt "{prompt}". '
+        f'This image of {size_text(image_size)} was generated from the prompt "{prompt}". '
         "Does its layout, meaning which elements appear, where they are placed and how they relate in size and "
         "position, agree with the prompt? Answer yes or no."
     )
@@ -220,43 +184,26 @@ def region_probability_question(
 
     Answered with the words of [`PROBABILITY_SCALE`]; [`expected_score`] turns their probabilities into a score.
     """
-    if _is_concise(style):
-        width, height = _checked_size(image_size)
-        return f"region match size {width} {height} box {_box_text(box, True)} prompt {prompt}"
+    if is_concise(style):
+        width, height = checked_size(image_size)
+        return f"region match size {width} {height} box {box_text(box, True)} prompt {prompt}"
     return (
-        f'This image of {_size_text(image_size)} was generated from the prompt "{prompt}". '
-        f"Look only at the box {_box_text(box, False)}, in pixels {_PIXEL_COORDINATES}. "
+        f'This image of {size_text(image_size)} was generated from the prompt "{prompt}". '
+        f"Look only at the box {box_text(box, False)}, in pixels {PIXEL_COORDINATES}. "
         "Does it show an element the prompt asks for, clearly recognisable and free of visible defects? "
         "Answer yes or no."
     )
 
 
-def grounding_prompt(phrase: str, image_size: tuple[int, int], *, style: Style = "detailed") -> str:
-    """Ask for the box of every instance of `phrase`, in the format [`~trl_srum.judge.parsing.parse_boxes`] reads.
-
-    Expected answer: one `[x1, y1, x2, y2]` line per instance (detailed) or `box x1 y1 x2 y2 ...` (concise), and
-    `none` when there is no instance; see [`grounding_answer`].
-    """
-    width, height = _checked_size(image_size)
-    if _is_concise(style):
-        return f"find size {width} {height} phrase {phrase}"
-    return (
-        f'Find every instance of "{phrase}" in this image of {_size_text(image_size)}. '
-        f"Give each one as a bounding box [x1, y1, x2, y2] in pixels, {_PIXEL_COORDINATES}: (x1, y1) is the "
-        f"top-left corner of the box and (x2, y2) its bottom-right corner, so 0 <= x1 < x2 <= {width} and "
-        f"0 <= y1 < y2 <= {height}. Write one box per line and nothing else. If there is no such object, write none."
-    )
-
-
 # ----------------------------------------------------------------------------------------------------------- answers
-def _checked_score(score: float) -> float:
+def _validated_score(score: float) -> float:
     if not (math.isfinite(score) and -1.0 <= score <= 1.0):
         raise ValueError(f"a score must lie in [-1, 1], got {score}")
     return float(score)
 
 
 def _score_text(score: float, concise: bool) -> str:
-    score = _checked_score(score)
+    score = _validated_score(score)
     if concise:
         # The nearest of the five concise score words; ties go to the first listed, i.e. the lower score.
         score = min(CONCISE_SCORES, key=lambda choice: abs(choice - score))
@@ -270,7 +217,7 @@ def global_answer(score: float, reason: str = "", *, style: Style = "detailed") 
 
     Detailed answers write the score to two decimals; concise answers snap it to the nearest of [`CONCISE_SCORES`].
     """
-    if _is_concise(style):
+    if is_concise(style):
         return f"score {_score_text(score, True)}"
     return f"Score: {_score_text(score, False)}\nReason: {reason}"
 
@@ -285,7 +232,7 @@ def region_answer(
     """
     if descriptions is not None and len(descriptions) != len(scores):
         raise ValueError(f"got {len(descriptions)} descriptions for {len(scores)} scores")
-    if _is_concise(style):
+    if is_concise(style):
         return " ".join(f"region {i} score {_score_text(s, True)}" for i, s in enumerate(scores, start=1))
     if descriptions is None:
         return "\n".join(f"Region {i}: {_score_text(s, False)}" for i, s in enumerate(scores, start=1))
@@ -293,16 +240,6 @@ def region_answer(
         f"Region {i}: {text} | Score: {_score_text(s, False)}"
         for i, (text, s) in enumerate(zip(descriptions, scores), start=1)
     )
-
-
-def grounding_answer(boxes: Sequence[Sequence[float]], *, style: Style = "detailed") -> str:
-    """The answer [`grounding_prompt`] expects: the boxes rounded to whole pixels, or `none`."""
-    concise = _is_concise(style)
-    if not boxes:
-        return "none"
-    if concise:
-        return " ".join(f"box {_box_text(box, True)}" for box in boxes)
-    return "\n".join(_box_text(box, False) for box in boxes)
 
 
 # ------------------------------------------------------------------------------------------------ probability judge

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from ..plugins import load_plugins
 from .bagel import BagelConfig, BagelModel
 from .bagel.conversion import CHECKPOINT_FILE_PATTERNS as BAGEL_CHECKPOINT_FILE_PATTERNS
 from .bagel.conversion import is_official_checkpoint as is_official_bagel_checkpoint
@@ -22,6 +23,18 @@ MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
     Blip3oConfig.model_type: Blip3oModel,
     **dict.fromkeys(BLIP3O_OFFICIAL_MODEL_TYPES, Blip3oModel),
 }
+
+
+# name -> folder of a model that a plug-in makes loadable by name (`register_model_alias`)
+MODEL_ALIASES: dict[str, Path] = {}
+
+
+def register_model_alias(name: str, folder: str | os.PathLike) -> None:
+    """Let `load_unified_model(name)` load the model in `folder` (e.g. a model a plug-in ships; `trl_srum.plugins`).
+
+    Use a name no Hub id or relative path can be, such as `"my-plugin:model"`.
+    """
+    MODEL_ALIASES[name] = Path(folder)
 
 
 # Keyword arguments of `from_pretrained` that say where a Hub checkpoint comes from; they are used to download it and
@@ -72,7 +85,8 @@ def _download_checkpoint(repo_id: str, hub_kwargs: dict[str, Any]) -> Path:
 def load_unified_model(
     name_or_path: str | os.PathLike, device: str | torch.device | None = None, **kwargs: Any
 ) -> PreTrainedModel:
-    """Load any supported unified model from a local folder (ours or an official release) or a Hub id.
+    """Load any supported unified model from a local folder (ours or an official release), a Hub id, or a name a
+    plug-in registered (`register_model_alias`).
 
     A Hub id is downloaded first (only the files loading reads; `revision`, `token` and `cache_dir` apply) and its
     snapshot is then loaded exactly as the same folder on disk would be, so an official BAGEL or BLIP3o release loads
@@ -92,6 +106,9 @@ def load_unified_model(
         if device.type != "cpu" or kwargs.get("quantization_config") is not None:
             kwargs.setdefault("device_map", {"": device})
     hub_kwargs = {key: kwargs.pop(key) for key in _HUB_KWARGS if key in kwargs}
+    load_plugins()
+    if str(name_or_path) in MODEL_ALIASES:
+        return _load_folder(MODEL_ALIASES[str(name_or_path)], **kwargs)
     path = Path(name_or_path)
     if path.is_dir():
         return _load_folder(path, **kwargs)
@@ -117,4 +134,13 @@ def _load_folder(path: Path, **kwargs: Any) -> PreTrainedModel:
     return MODEL_CLASSES[model_type].from_pretrained(path, **kwargs)
 
 
-__all__ = ["MODEL_CLASSES", "BagelConfig", "BagelModel", "Blip3oConfig", "Blip3oModel", "load_unified_model"]
+__all__ = [
+    "MODEL_ALIASES",
+    "MODEL_CLASSES",
+    "BagelConfig",
+    "BagelModel",
+    "Blip3oConfig",
+    "Blip3oModel",
+    "load_unified_model",
+    "register_model_alias",
+]

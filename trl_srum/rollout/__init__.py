@@ -2,7 +2,7 @@
 
 from .config import RolloutConfig
 from .official import convert_official_srum_data
-from .prompts import PromptRecord, config_prompts, load_prompts, resolve_prompts, shapes_prompts
+from .prompts import PromptRecord, config_prompts, load_prompts, register_prompt_source, resolve_prompts
 from .runner import RolloutRunner, build_proposer, candidate_seed, run_rollouts
 from .schema import ROLLOUT_FEATURES, ROLLOUT_STATUSES, STATUS_OK, make_row_id
 
@@ -20,7 +20,7 @@ __all__ = [
     "load_prompts",
     "make_row_id",
     "config_prompts",
+    "register_prompt_source",
     "resolve_prompts",
     "run_rollouts",
-    "shapes_prompts",
 ]

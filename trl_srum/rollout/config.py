@@ -23,9 +23,11 @@ class RolloutConfig:
             of `{"prompt", "category"?, "prompt_id"?}`, or a `.txt` with one prompt per line.
         num_prompts (`int`, *optional*):
             Use only the first this many prompts.
-        shapes_prompts (`int`, *optional*, defaults to `0`):
-            Instead of `prompts_file`, sample this many shapes-world training prompts per category (seeded by
-            `rollout_seed`); the held-out combinations are never sampled.
+        prompt_source (`str`, *optional*):
+            Instead of `prompts_file`, the prompts of a source a plug-in registered (`trl_srum.plugins`), drawn with
+            `rollout_seed`: e.g. `"shapes"`, the shapes world's training prompts (held-out combinations never).
+        prompt_source_size (`int`, *optional*, defaults to `0`):
+            How many prompts the source draws; for `"shapes"`, per category.
         num_candidates (`int`, *optional*, defaults to `1`):
             Images per prompt (1 as released; more enables best-of-N statistics).
         rollout_seed (`int`, *optional*, defaults to `0`):
@@ -84,7 +86,12 @@ class RolloutConfig:
     rollout_dir: str = field(default="rollouts", metadata={"help": "Output folder of stage 1."})
     prompts_file: str | None = field(default=None, metadata={"help": "Prompt file (.json, .jsonl or .txt)."})
     num_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
-    shapes_prompts: int = field(default=0, metadata={"help": "Shapes-world training prompts per category."})
+    prompt_source: str | None = field(
+        default=None, metadata={"help": "A registered prompt source instead of a file (e.g. 'shapes')."}
+    )
+    prompt_source_size: int = field(
+        default=0, metadata={"help": "Prompts the source draws (for 'shapes': per category)."}
+    )
     num_candidates: int = field(default=1, metadata={"help": "Images per prompt."})
     rollout_seed: int = field(default=0, metadata={"help": "Base seed of the candidates."})
     image_width: int = field(default=1024, metadata={"help": "Width of generated images."})

@@ -1,9 +1,13 @@
-"""Prompt files for stage 1: read once, validated up front, so a bad file fails before any image is drawn."""
+"""Prompts for stage 1: files, read once and validated up front so that a bad file fails before any image is drawn,
+and prompt sources that plug-ins register (`trl_srum.plugins`)."""
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from ..plugins import load_plugins
 
 
 if TYPE_CHECKING:
@@ -82,32 +86,51 @@ def load_prompts(path: str | Path) -> list[PromptRecord]:
     return records
 
 
-def shapes_prompts(split: str, per_category: int, seed: int) -> list[PromptRecord]:
-    """Prompts of the shapes world: `per_category` specs of every category from one split."""
-    from ..shapes import CATEGORIES, describe, sample_specs
+# name -> function(size, seed) giving the prompts of a source (`register_prompt_source`)
+PromptSource = Callable[[int, int], list[PromptRecord]]
+PROMPT_SOURCES: dict[str, PromptSource] = {}
 
-    records = []
-    for category in CATEGORIES:
-        for index, spec in enumerate(sample_specs(category, per_category, seed, split=split)):
-            records.append(PromptRecord(f"{split}-{category}-{index}", describe(spec), category))
-    return records
+
+def register_prompt_source(name: str, source: PromptSource) -> None:
+    """Make `source(size, seed)` the prompts of `RolloutConfig(prompt_source=name, prompt_source_size=size)`.
+
+    A plug-in registers its sources when it loads (`trl_srum.plugins`); what `size` counts is the source's to say
+    (the shapes world's: prompts per category).
+    """
+    PROMPT_SOURCES[name] = source
+
+
+def source_prompts(name: str, size: int, seed: int) -> list[PromptRecord]:
+    """The prompts of a registered source.
+
+    Raises:
+        ValueError: naming the registered sources when `name` is not one of them.
+    """
+    load_plugins()
+    if name not in PROMPT_SOURCES:
+        raise ValueError(f"no prompt source {name!r}; registered: {sorted(PROMPT_SOURCES)} (see trl_srum.plugins)")
+    return PROMPT_SOURCES[name](size, seed)
 
 
 def resolve_prompts(
-    prompts_file: str | None, shapes_per_category: int, seed: int, limit: int | None
+    prompts_file: str | None, prompt_source: str | None, source_size: int, seed: int, limit: int | None
 ) -> list[PromptRecord]:
-    """The prompts a stage-1 configuration asks for: a file, or shapes-world training prompts."""
-    if prompts_file and shapes_per_category:
-        raise ValueError("give either prompts_file or shapes_prompts, not both")
+    """The prompts a stage-1 configuration asks for: a file, or a registered prompt source."""
+    if prompts_file and prompt_source:
+        raise ValueError("give either prompts_file or prompt_source, not both")
     if prompts_file:
         records = load_prompts(prompts_file)
-    elif shapes_per_category:
-        records = shapes_prompts("train", shapes_per_category, seed)
+    elif prompt_source:
+        if source_size < 1:
+            raise ValueError(f"prompt_source {prompt_source!r} needs prompt_source_size >= 1, got {source_size}")
+        records = source_prompts(prompt_source, source_size, seed)
     else:
-        raise ValueError("stage 1 needs prompts: set prompts_file or shapes_prompts")
+        raise ValueError("stage 1 needs prompts: set prompts_file or prompt_source")
     return records[:limit] if limit is not None else records
 
 
 def config_prompts(config: "RolloutConfig") -> list[PromptRecord]:
-    """The prompts a `RolloutConfig` names: its prompt file or its shapes-world prompts (see `resolve_prompts`)."""
-    return resolve_prompts(config.prompts_file, config.shapes_prompts, config.rollout_seed, config.num_prompts)
+    """The prompts a `RolloutConfig` names: its prompt file or its prompt source (see `resolve_prompts`)."""
+    return resolve_prompts(
+        config.prompts_file, config.prompt_source, config.prompt_source_size, config.rollout_seed, config.num_prompts
+    )

@@ -61,7 +61,14 @@ def _to_numpy(tensor: torch.Tensor):
 
 # Fields that do not change any row (the prompts themselves are compared by content): a run may be resumed with
 # different values.
-_RESUMABLE_FIELDS = ("rollout_dir", "gallery_size", "prompts_file", "num_prompts", "shapes_prompts")
+_RESUMABLE_FIELDS = (
+    "rollout_dir",
+    "gallery_size",
+    "prompts_file",
+    "num_prompts",
+    "prompt_source",
+    "prompt_source_size",
+)
 
 
 @torch.no_grad()

@@ -2,7 +2,7 @@
 
     trl-srum eval --protocol compbench-vlm --prompts val_comp.json --model_name_or_path /path/to/model [--think] ...
     trl-srum eval --protocol geneval --prompts evaluation_metadata.jsonl --images_dir /path/to/images ...
-    trl-srum eval --protocol shapes --config recipes/bagel/srum/config_shapes.yaml
+    trl-srum eval --protocol shapes --config recipes/bagel/srum/config_shapes.yaml     (the shapes model it names)
     trl-srum eval --compare runs/base runs/srum [--bootstrap_samples 10000] [--bootstrap_seed 0]
 
 Settings may also come from a YAML recipe (`--config`); its keys that belong to other commands are ignored. See
@@ -45,13 +45,13 @@ def main(argv: list[str] | None = None) -> None:
     state = rollout_state()
     model = None
     if config.images_dir is None:
-        if not model_args.model_name_or_path and config.protocol != "shapes":
+        if not model_args.model_name_or_path:
             print(
                 "trl-srum eval: give --model_name_or_path (the model to draw with) or --images_dir (images to judge)",
                 file=sys.stderr,
             )
             raise SystemExit(2)
-        model = load_model(model_args, state.device)  # the shapes protocol defaults to the shipped shapes model
+        model = load_model(model_args, state.device)
     with torch.no_grad():
         results = evaluate(config, model)
     if state.is_main_process:

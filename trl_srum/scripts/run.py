@@ -40,7 +40,9 @@ class RunArguments:
     )
     eval_prompts: str | None = field(default=None, metadata={"help": "Prompts of the evaluation (see EvalConfig)."})
     eval_max_prompts: int | None = field(default=None, metadata={"help": "Evaluate only the first N prompts."})
-    eval_shapes_per_category: int = field(default=16, metadata={"help": "'shapes': held-out prompts per category."})
+    eval_prompts_per_category: int = field(
+        default=16, metadata={"help": "Prompts per category of a protocol's own set (shapes)."}
+    )
     eval_num_images: int = field(default=2, metadata={"help": "Images per evaluation prompt."})
     eval_seed: int = field(default=0, metadata={"help": "Base seed of the evaluation images."})
     eval_judge_model: str | None = field(default=None, metadata={"help": "'compbench-vlm': the VLM judge."})
@@ -54,7 +56,7 @@ def evaluation_config(run_args: RunArguments, rollout_config: RolloutConfig, eva
         "protocol": run_args.eval_protocol,
         "prompts": run_args.eval_prompts,
         "max_prompts": run_args.eval_max_prompts,
-        "shapes_per_category": run_args.eval_shapes_per_category,
+        "prompts_per_category": run_args.eval_prompts_per_category,
         "num_images": run_args.eval_num_images,
         "eval_seed": run_args.eval_seed,
         "image_width": rollout_config.image_width,

@@ -54,18 +54,18 @@ def parse_arguments(
 
 
 def load_model(model_args: ModelConfig, device: torch.device) -> PreTrainedModel:
-    """The model a command works on (the shipped shapes-world BAGEL unless a checkpoint is named), on `device`.
+    """The model a command works on (`model_name_or_path`: a folder, a Hub id or a name a plug-in registered, e.g.
+    the shapes world's `trl-srum:shapes-model`), on `device`.
 
     Stage 1 samples and judges before any trainer exists, so the model must already sit on this process's
     accelerator: a trainer would only move it at stage 2.
     """
-    from ..models import load_unified_model
+    from ..models import MODEL_ALIASES, load_unified_model
 
     if not model_args.model_name_or_path:
-        from ..shapes.pretrained import DEFAULT_MODEL_DIR
-
-        model_args.model_name_or_path = str(DEFAULT_MODEL_DIR)
-        logger.info(f"no model named: using the shipped shapes-world model {DEFAULT_MODEL_DIR}")
+        raise ValueError(
+            f"name a model with --model_name_or_path (a folder, a Hub id, or one of {sorted(MODEL_ALIASES)})"
+        )
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
     model = load_unified_model(
         model_args.model_name_or_path, device, dtype=dtype, quantization_config=get_quantization_config(model_args)

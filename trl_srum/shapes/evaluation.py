@@ -17,6 +17,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from trl_srum.judge import prompts as judge_prompts
+from trl_srum.prompt_text import Style
 from trl_srum.protocol import UnifiedModel
 from trl_srum.shapes.augment import ALTERATIONS, alter, perturb
 from trl_srum.shapes.oracle import accuracy_table, detect, evaluate
@@ -87,7 +88,7 @@ def understanding_accuracy(
     model: UnifiedModel,
     specs: Sequence[Mapping[str, Any]],
     *,
-    style: judge_prompts.Style = "concise",
+    style: Style = "concise",
     image_size: int = 64,
     seed: int = 0,
 ) -> float:

@@ -60,7 +60,7 @@ def measure(
     config = EvalConfig(
         eval_dir=str(eval_dir),
         protocol="shapes",
-        shapes_per_category=per_category,
+        prompts_per_category=per_category,
         num_images=num_images,
         eval_seed=seed,
         grid_prompts=4,

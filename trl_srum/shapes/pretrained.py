@@ -23,11 +23,11 @@ SHAPES_SAMPLING: dict[str, Any] = {
 
 def load_shapes_model(path: str | Path = DEFAULT_MODEL_DIR, **kwargs: Any):
     """The shipped tiny BAGEL (a `BagelModel`), loaded through the same `from_pretrained` as the 7B."""
-    from trl_srum.models.bagel import BagelModel
+    from trl_srum.models import load_unified_model
 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
             f"no shapes-world model in {path}; train one with `python recipes/shapes/pretrain.py --output_dir {path}`"
         )
-    return BagelModel.from_pretrained(path, **kwargs)
+    return load_unified_model(path, **kwargs)

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from trl_srum.judge import prompts as judge_prompts
+from trl_srum.prompt_text import grounding_answer, grounding_prompt
 from trl_srum.shapes.geometry import relations, union_box
 from trl_srum.shapes.oracle import Detection, Reading, detect, judge
 from trl_srum.shapes.spec import (
@@ -189,8 +190,8 @@ def scene_questions(
     questions.append(
         LabelledQuestion(
             "grounding",
-            judge_prompts.grounding_prompt(phrase, image_size, style=STYLE),
-            judge_prompts.grounding_answer(found, style=STYLE),
+            grounding_prompt(phrase, image_size, style=STYLE),
+            grounding_answer(found, style=STYLE),
         )
     )
     return questions + vqa_questions(reading, rng)

@@ -2,8 +2,8 @@ import pytest
 import torch
 from PIL import Image
 
-from trl_srum.judge import grounding_answer, parse_boxes
 from trl_srum.models.bagel.tiny import tiny_bagel_model
+from trl_srum.prompt_text import grounding_answer, parse_boxes
 from trl_srum.protocol import GeneratedImage, UnifiedModel
 
 

@@ -2,14 +2,11 @@
 
 from transformers import AutoConfig, AutoModel
 
-from trl_srum.models.bagel.configuration_bagel import BagelConfig
-from trl_srum.models.bagel.modeling_bagel import (
-    GEN_THINK_SYSTEM_PROMPT,
-    GENERATION_LORA_TARGET_MODULES,
-    VLM_THINK_SYSTEM_PROMPT,
-    BagelModel,
-)
-from trl_srum.models.bagel.sampling import SamplerSettings
+from .configuration_bagel import BagelConfig
+from .generation import GEN_THINK_SYSTEM_PROMPT
+from .modeling_bagel import GENERATION_LORA_TARGET_MODULES, BagelModel
+from .sampling import SamplerSettings
+from .understanding import VLM_THINK_SYSTEM_PROMPT
 
 
 AutoConfig.register("bagel", BagelConfig)

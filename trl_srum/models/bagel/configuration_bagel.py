@@ -14,7 +14,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig, Qwen2Config, SiglipVisionConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from trl_srum.models.bagel import conversion
+from . import conversion
 
 
 # Qwen2.5-7B-Instruct, as BAGEL-7B-MoT's `llm_config.json` (qk-norm is always on in BAGEL and is not a config field).
@@ -99,7 +99,7 @@ class BagelConfig(PreTrainedConfig):
         vision_end_token_id (`int`, *optional*, defaults to 151653):
             `<|vision_end|>`: closes every image chunk.
         supports_grounding (`bool`, *optional*, defaults to `False`):
-            Whether the model was trained to answer `trl_srum.judge.prompts.grounding_prompt` with boxes.
+            Whether the model was trained to answer `trl_srum.prompt_text.grounding_prompt` with boxes.
         prompt_style (`str`, *optional*, defaults to `"detailed"`):
             The style of `trl_srum.judge.prompts` the model was trained on: `"detailed"` for real checkpoints,
             `"concise"` for tiny models trained from scratch with a word-level vocabulary.

@@ -1,7 +1,9 @@
-"""Text decoding, answer scoring and image sampling with BAGEL, at the token-id level.
+"""Text decoding, answer scoring and image sampling with BAGEL: at the token-id level, and `generate_images`, the
+protocol's drawing in words (prompts in, images out, with think mode).
 
 These functions compose `BagelModel`'s chunk primitives (prefill text or images into a KV cache, one text step, one
-velocity prediction). The string-level methods of `BagelModel` tokenise, call them, and decode.
+velocity prediction). The string-level methods of `BagelModel` call them (`generate_images` here, the understanding
+side in `understanding.py`).
 """
 
 from __future__ import annotations
@@ -12,8 +14,18 @@ from typing import Any, Protocol
 
 import torch
 
-from trl_srum.models.bagel.cache import KVCache
-from trl_srum.models.bagel.sampling import SamplerSettings, guide_velocity, timestep_grid
+from ...protocol import GeneratedImage
+from .cache import KVCache
+from .image_processing import tensor_to_pil
+from .sampling import SamplerSettings, guide_velocity, timestep_grid
+
+
+# The official inferencer's system prompt for drawing after a written plan (think mode).
+GEN_THINK_SYSTEM_PROMPT = (
+    "You should first think about the planning process in the mind and then generate the image. \n"
+    "The planning process is enclosed within <think> </think> tags, i.e. <think> planning process here </think> "
+    "image here"
+)
 
 
 class BagelModel(Protocol):
@@ -36,6 +48,10 @@ class BagelModel(Protocol):
         **kwargs: Any,
     ) -> torch.Tensor: ...
     def check_latent_grid(self, grid: tuple[int, int]) -> None: ...
+    def latent_grid(self, image_size: tuple[int, int]) -> tuple[int, int]: ...
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]: ...
+    def require_tokenizer(self) -> Any: ...
+    def decode_latent_tokens(self, latent_tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor: ...
 
 
 @dataclass
@@ -237,3 +253,58 @@ def generate_image_latents(
                 trace.v_uncond_text.append(velocities[1])
         x_t = x_t - (timesteps[step] - timesteps[step + 1]) * velocity
     return x_t
+
+
+def generate_images(
+    model: BagelModel,
+    prompts: Sequence[str],
+    *,
+    generators: Sequence[torch.Generator],
+    image_size: tuple[int, int],
+    think: bool = False,
+    max_think_tokens: int = 1000,
+    **sampling_kwargs: Any,
+) -> list[GeneratedImage]:
+    """Draw one image per prompt; prompt i takes all of its randomness from `generators[i]`.
+
+    Args:
+        prompts: the text prompts.
+        generators: one `torch.Generator` per prompt (its initial noise, and its think text when sampled).
+        image_size: `(width, height)` in pixels, multiples of `config.latent_stride`.
+        think: first write a plan (greedy, under the generation think system prompt), then draw conditioned on it.
+        max_think_tokens: the longest plan.
+        sampling_kwargs: fields of `SamplerSettings` (`num_timesteps`, `cfg_text_scale`, ...).
+    """
+    if len(generators) != len(prompts):
+        raise ValueError(f"Got {len(generators)} generators for {len(prompts)} prompts; pass one per prompt.")
+    grid = model.latent_grid(image_size)
+    settings = SamplerSettings(**sampling_kwargs)
+    prompt_ids = model.tokenize(prompts)
+    system_ids, reasoning, reasoning_ids = None, None, None
+    if think:
+        system_ids = model.tokenize([GEN_THINK_SYSTEM_PROMPT])[0]
+        cache = model.new_cache(len(prompts))
+        cache = model.prefill_text(cache, [system_ids] * len(prompts)).cache
+        cache = model.prefill_text(cache, prompt_ids).cache
+        planned = generate_text_ids(model, cache, max_new_tokens=max_think_tokens)
+        # As the official code: the plan is decoded to a string and re-tokenised as a new text segment.
+        reasoning = model.require_tokenizer().batch_decode(planned.token_ids, skip_special_tokens=True)
+        reasoning_ids = model.tokenize(reasoning)
+    latents = generate_image_latents(
+        model,
+        prompt_ids,
+        grid=grid,
+        generators=generators,
+        settings=settings,
+        system_prompt_ids=system_ids,
+        reasoning_ids=reasoning_ids,
+    )
+    return [
+        GeneratedImage(
+            image=tensor_to_pil(model.decode_latent_tokens(tokens, grid)),
+            latents=tokens.cpu(),
+            grid=grid,
+            reasoning=None if reasoning is None else reasoning[index],
+        )
+        for index, tokens in enumerate(latents)
+    ]

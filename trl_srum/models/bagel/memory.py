@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from trl_srum.models.bagel.configuration_bagel import BagelConfig
-from trl_srum.models.bagel.modeling_bagel import GENERATION_LORA_TARGET_MODULES, BagelModel
+from .configuration_bagel import BagelConfig
+from .modeling_bagel import GENERATION_LORA_TARGET_MODULES, BagelModel
 
 
 GB = 1e9

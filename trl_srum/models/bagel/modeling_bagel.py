@@ -39,36 +39,21 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.models.qwen2.modeling_qwen2 import Qwen2MLP, Qwen2RMSNorm, Qwen2RotaryEmbedding, apply_rotary_pos_emb
 from transformers.models.siglip.modeling_siglip import SiglipEncoder
 
-from trl_srum.judge.parsing import parse_boxes
-from trl_srum.judge.prompts import grounding_prompt
-from trl_srum.models.bagel import conversion, generation
-from trl_srum.models.bagel.attention import AttentionLayout, attend, build_attention_layout
-from trl_srum.models.bagel.cache import KVCache, append_rows
-from trl_srum.models.bagel.configuration_bagel import BagelConfig
-from trl_srum.models.bagel.image_processing import (
+from ...protocol import Box, FlowOutput, GeneratedImage
+from . import conversion, generation, understanding
+from .attention import AttentionLayout, attend, build_attention_layout
+from .cache import KVCache, append_rows
+from .configuration_bagel import BagelConfig
+from .image_processing import (
     grid_position_ids,
     patchify,
     pil_to_tensor,
-    resize_for_model,
     sincos_2d_table,
     tensor_to_pil,
     unpatchify,
 )
-from trl_srum.models.bagel.packing import PackedTokens, SequencePacker
-from trl_srum.models.bagel.sampling import SamplerSettings
-from trl_srum.protocol import Box, FlowOutput, GeneratedImage
+from .packing import PackedTokens, SequencePacker
 
-
-GEN_THINK_SYSTEM_PROMPT = (
-    "You should first think about the planning process in the mind and then generate the image. \n"
-    "The planning process is enclosed within <think> </think> tags, i.e. <think> planning process here </think> "
-    "image here"
-)
-VLM_THINK_SYSTEM_PROMPT = (
-    "You should first think about the reasoning process in the mind and then provide the user with the answer. \n"
-    "The reasoning process is enclosed within <think> </think> tags, i.e. <think> reasoning process here </think> "
-    "answer here"
-)
 
 # PEFT full-match regex of the generation expert's linear layers. A bare "gate_proj" would also hit the understanding
 # MLP; the `_moe_gen` attention names are unique on their own.
@@ -856,30 +841,10 @@ class BagelModel(PreTrainedModel):
     def decode_latents(self, latents: Sequence[torch.Tensor], grids: Sequence[tuple[int, int]]) -> list[Image.Image]:
         return [tensor_to_pil(self.decode_latent_tokens(tokens, grid)) for tokens, grid in zip(latents, grids)]
 
-    # ------------------------------------------------------------------------------------------- protocol: text
+    # --------------------------------------------------------------- protocol (in words: understanding.py, generation.py)
     def understanding_pixels(self, image: Image.Image) -> torch.Tensor:
-        """The official understanding preprocessing: the VAE-side resize, then the ViT-side resize, to [-1, 1]."""
-        config = self.config
-        image = resize_for_model(
-            image.convert("RGB"),
-            config.max_latent_size * config.latent_stride,
-            config.vae_min_image_size,
-            config.latent_stride,
-        )
-        patch_size = config.vit_config.patch_size
-        image = resize_for_model(
-            image, config.vit_max_num_patch_per_side * patch_size, config.vit_min_image_size, patch_size
-        )
-        return pil_to_tensor(image)
-
-    def _image_question_cache(
-        self, images: Sequence[Image.Image], question_ids: Sequence[Sequence[int]], think: bool
-    ) -> KVCache:
-        cache = self.new_cache(len(images))
-        if think:
-            cache = self.prefill_text(cache, self.tokenize([VLM_THINK_SYSTEM_PROMPT]) * len(images)).cache
-        cache = self.prefill_images(cache, [self.understanding_pixels(image) for image in images])
-        return self.prefill_text(cache, question_ids).cache
+        """The official understanding preprocessing of an image, as the ViT reads it (see `understanding.py`)."""
+        return understanding.understanding_pixels(self.config, image)
 
     def answer_questions(
         self,
@@ -893,30 +858,20 @@ class BagelModel(PreTrainedModel):
         think: bool = False,
     ) -> list[str]:
         """Answer `questions[i]` about `images[i]`; with `think`, the VLM think system prompt comes first."""
-        if len(images) != len(questions):
-            raise ValueError(f"Got {len(images)} images for {len(questions)} questions; pass one image per question.")
-        cache = self._image_question_cache(images, self.tokenize(questions), think)
-        output = generation.generate_text_ids(
+        return understanding.answer_questions(
             self,
-            cache,
+            images,
+            questions,
             max_new_tokens=max_new_tokens,
             do_sample=do_sample,
             temperature=temperature,
             generators=generators,
+            think=think,
         )
-        return self.require_tokenizer().batch_decode(output.token_ids, skip_special_tokens=True)
 
     def score_answers(self, image: Image.Image, questions: Sequence[str], answers: Sequence[str]) -> torch.Tensor:
-        """`log p(answers[a] | image, questions[q])` summed over answer tokens, shape `(questions, answers)`.
-
-        The image is prefilled once; then one forward runs every `(question, answer)` pair on top of it.
-        """
-        cache = self.prefill_images(self.new_cache(1), [self.understanding_pixels(image)])
-        question_ids, answer_ids = self.tokenize(questions), self.tokenize(answers)
-        empty = [answer for answer, ids in zip(answers, answer_ids) if not ids]
-        if empty:
-            raise ValueError(f"Answers {empty} have no tokens to score.")
-        return generation.score_answer_ids(self, cache, question_ids, answer_ids)
+        """`log p(answers[a] | image, questions[q])` summed over answer tokens, shape `(questions, answers)`."""
+        return understanding.score_answers(self, image, questions, answers)
 
     @property
     def supports_grounding(self) -> bool:
@@ -924,17 +879,8 @@ class BagelModel(PreTrainedModel):
 
     def ground(self, image: Image.Image, phrases: Sequence[str], *, max_new_tokens: int = 256) -> list[list[Box]]:
         """Boxes of every instance of each phrase, parsed from the (greedy) answers to the grounding prompt."""
-        if not self.supports_grounding:
-            raise NotImplementedError(
-                "BAGEL does not ground natively; set config.supports_grounding=True on a model trained to answer "
-                "`trl_srum.judge.prompts.grounding_prompt` with boxes."
-            )
-        style = self.config.prompt_style
-        questions = [grounding_prompt(phrase, image.size, style=style) for phrase in phrases]
-        answers = self.answer_questions([image] * len(phrases), questions, max_new_tokens=max_new_tokens)
-        return [parse_boxes(answer, image.size) for answer in answers]
+        return understanding.ground(self, image, phrases, max_new_tokens=max_new_tokens)
 
-    # ------------------------------------------------------------------------------------------ protocol: images
     def generate_images(
         self,
         prompts: Sequence[str],
@@ -945,46 +891,14 @@ class BagelModel(PreTrainedModel):
         max_think_tokens: int = 1000,
         **sampling_kwargs: Any,
     ) -> list[GeneratedImage]:
-        """Draw one image per prompt; prompt i takes all of its randomness from `generators[i]`.
-
-        Args:
-            prompts: the text prompts.
-            generators: one `torch.Generator` per prompt (its initial noise, and its think text when sampled).
-            image_size: `(width, height)` in pixels, multiples of `config.latent_stride`.
-            think: first write a plan (greedy, under the generation think system prompt), then draw conditioned on it.
-            max_think_tokens: the longest plan.
-            sampling_kwargs: fields of `SamplerSettings` (`num_timesteps`, `cfg_text_scale`, ...).
-        """
-        if len(generators) != len(prompts):
-            raise ValueError(f"Got {len(generators)} generators for {len(prompts)} prompts; pass one per prompt.")
-        grid = self.latent_grid(image_size)
-        settings = SamplerSettings(**sampling_kwargs)
-        prompt_ids = self.tokenize(prompts)
-        system_ids, reasoning, reasoning_ids = None, None, None
-        if think:
-            system_ids = self.tokenize([GEN_THINK_SYSTEM_PROMPT])[0]
-            cache = self.new_cache(len(prompts))
-            cache = self.prefill_text(cache, [system_ids] * len(prompts)).cache
-            cache = self.prefill_text(cache, prompt_ids).cache
-            planned = generation.generate_text_ids(self, cache, max_new_tokens=max_think_tokens)
-            # As the official code: the plan is decoded to a string and re-tokenised as a new text segment.
-            reasoning = self.require_tokenizer().batch_decode(planned.token_ids, skip_special_tokens=True)
-            reasoning_ids = self.tokenize(reasoning)
-        latents = generation.generate_image_latents(
+        """Draw one image per prompt; prompt i takes all of its randomness from `generators[i]` (see
+        `generation.generate_images`)."""
+        return generation.generate_images(
             self,
-            prompt_ids,
-            grid=grid,
+            prompts,
             generators=generators,
-            settings=settings,
-            system_prompt_ids=system_ids,
-            reasoning_ids=reasoning_ids,
+            image_size=image_size,
+            think=think,
+            max_think_tokens=max_think_tokens,
+            **sampling_kwargs,
         )
-        return [
-            GeneratedImage(
-                image=tensor_to_pil(self.decode_latent_tokens(tokens, grid)),
-                latents=tokens.cpu(),
-                grid=grid,
-                reasoning=None if reasoning is None else reasoning[index],
-            )
-            for index, tokens in enumerate(latents)
-        ]

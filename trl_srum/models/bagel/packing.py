@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trl_srum.models.bagel.attention import Split
+from .attention import Split
 
 
 @dataclass

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from trl_srum.flow import shift_timesteps
+from ...flow import shift_timesteps
 
 
 RENORM_TYPES = ("global", "channel", "text_channel")

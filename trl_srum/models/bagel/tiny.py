@@ -19,21 +19,22 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from trl_srum.judge.prompts import concise_vocabulary
-from trl_srum.models.bagel.configuration_bagel import BagelConfig
-from trl_srum.models.bagel.conversion import SPECIAL_TOKENS, special_token_ids_from_tokenizer
-from trl_srum.models.bagel.modeling_bagel import BagelModel
+from .configuration_bagel import BagelConfig
+from .conversion import SPECIAL_TOKENS, special_token_ids_from_tokenizer
+from .modeling_bagel import BagelModel
 
 
-# Enough words for shape-world prompts, the concise judge prompts and answers, think tags and grounding boxes.
+# Enough words for shape-world prompts, the concise judge prompts and answers (tests check that every word of
+# `trl_srum.judge.prompts.concise_vocabulary` is here), think tags and grounding boxes.
 TINY_WORDS = (
     "a an the one two three four five of and or with in on at to is are there this that it image picture photo "
     "red green blue yellow black white orange purple gray pink brown "
     "circle square triangle rectangle star cube ball box shape shapes object objects background "
     "left right top bottom above below next beside near center middle big small large tiny "
     "yes no score region global layout reason answer question how many what where which color count "
-    "locate every instance per x1 y1 x2 y2 think plan draw show should first then"
-).split() + concise_vocabulary()
+    "locate every instance per x1 y1 x2 y2 think plan draw show should first then "
+    "find size phrase none match relevant prompt"
+).split()
 _SYMBOLS = ("▁", *"0123456789", *"[](){},.:;!?<>/-+=*'\"")
 
 

@@ -31,8 +31,7 @@ from transformers import (
 from transformers import initialization as init
 from transformers.utils import cached_file
 
-from trl_srum.protocol import Box, FlowOutput, GeneratedImage
-
+from ...protocol import Box, FlowOutput, GeneratedImage
 from . import understanding
 from .configuration_blip3o import Blip3oConfig, Blip3oDiTConfig
 from .conversion import (

@@ -12,7 +12,7 @@ from PIL import Image
 from torch.nn.utils.rnn import pad_sequence
 from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 
-from trl_srum.protocol import Box
+from ...protocol import Box
 
 
 GROUNDING_QUESTION = 'Locate every "{phrase}" in the image and output the bbox coordinates in JSON format.'

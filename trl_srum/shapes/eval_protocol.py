@@ -1,6 +1,7 @@
-"""`shapes`: the shapes world's exact oracle, per category, as the main job measures a model.
+"""The evaluation protocol `shapes` (registered by the plug-in): the world's exact oracle, per category, as the main
+job measures a model.
 
-Prompts are the held-out prompts of `trl_srum.shapes.evaluation.evaluation_specs` (`shapes_per_category` per
+Prompts are the held-out prompts of `trl_srum.shapes.evaluation.evaluation_specs` (`prompts_per_category` per
 category, the same sample for every run, so runs pair up in `--compare`), or any prompt file whose prompts the world's
 grammar reads (`parse_prompt`; the category is the spec's own when the file gives none). An image scores 1 when the
 oracle reads exactly the prompt's scene from it (`trl_srum.shapes.oracle`), else 0. The headline number is the
@@ -15,11 +16,13 @@ from typing import Any
 
 import torch
 
+from ..eval.protocols import EvalImage, EvalProtocol, Judgement
+from ..eval.sources import load_prompt_records
 from ..rollout.prompts import PromptRecord
-from ..shapes import category_of, describe, evaluate, parse_prompt
-from ..shapes.evaluation import evaluation_specs
-from .protocols import EvalImage, EvalProtocol, Judgement
-from .sources import load_prompt_records
+from .evaluation import evaluation_specs
+from .oracle import evaluate
+from .spec import describe, parse_prompt
+from .splits import category_of
 
 
 class ShapesProtocol(EvalProtocol):
@@ -33,7 +36,7 @@ class ShapesProtocol(EvalProtocol):
         if not config.prompts:
             return [
                 PromptRecord(f"heldout-{category}-{index}", describe(spec), category)
-                for category, specs in evaluation_specs(config.shapes_per_category, split="heldout").items()
+                for category, specs in evaluation_specs(config.prompts_per_category, split="heldout").items()
                 for index, spec in enumerate(specs)
             ]
         records = []
