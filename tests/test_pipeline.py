@@ -19,6 +19,7 @@ from trl_srum.pipeline import RoundsConfig, SRUMPipeline, round_prompts
 from trl_srum.rollout import PromptRecord
 
 from .rollout.utils import rollout_config
+from .test_srum_trainer import RecordingHubApi
 
 
 PROMPTS = [
@@ -204,3 +205,17 @@ def test_an_8bit_base_trains_through_rounds(tmp_path):
     run = pipeline(tmp_path / "run", model)
     run.run()
     assert json.loads((tmp_path / "run" / "round-1" / "round.json").read_text())["steps"] == 1
+
+
+def test_only_the_final_adapter_and_its_card_with_the_rounds_go_to_the_hub(tmp_path, monkeypatch):
+    hub = RecordingHubApi(tmp_path / "hub")
+    monkeypatch.setattr("transformers.trainer.hf_api", lambda: hub)
+    run = pipeline(tmp_path / "run", push_to_hub=True, hub_model_id="srum-rounds")
+    run.run()
+    assert not (tmp_path / "hub").exists()  # the rounds' trainers push nothing
+    run.save(dataset_name="user/shapes-rollouts")
+    uploaded = tmp_path / "hub" / "user" / "srum-rounds"
+    assert (uploaded / "adapter_model.safetensors").is_file()
+    assert not any(path.name.startswith(("round-", "runs", "pipeline")) for path in uploaded.iterdir()), sorted(p.name for p in uploaded.iterdir())
+    card = (uploaded / "README.md").read_text()
+    assert "## Rounds" in card and "user/shapes-rollouts" in card

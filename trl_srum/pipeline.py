@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +58,8 @@ logger = logging.getLogger(__name__)
 ROUND_SUMMARY = "round.json"
 PIPELINE_MANIFEST = "pipeline.json"
 DRIFT_REFERENCE = "drift_reference.pt"
+# What `save` pushes to the Hub is gathered here (a leading underscore: never part of an upload of output_dir itself).
+HUB_STAGING = "_hub_upload"
 # Fields of the configs that change no result: a run may be resumed with other values.
 _PRESENTATION_FIELDS = {
     "output_dir",
@@ -297,14 +300,29 @@ class SRUMPipeline:
 
     def save(self, dataset_name: str | None = None) -> None:
         """Write the final weights (the adapter under PEFT), the tokenizer and the model card, which lists every round,
-        to `output_dir`; push them when `args.push_to_hub`."""
-        final = SRUMTrainer(self.model, dataclasses.replace(self.args, report_to="none"))
-        if self.trainer is not None:
-            final.state.log_history = list(self.trainer.state.log_history)
-        final.save_model(str(self.output_dir))
+        to `output_dir`; with `args.push_to_hub`, push them (and the card's samples and evaluation) without the rounds'
+        folders."""
         card = {"dataset_name": dataset_name, "rounds": self.summaries, "image_size": self.rollout_config.image_size}
-        final.create_model_card(**card)
-        if self.args.push_to_hub:
+        for folder in [self.output_dir] + ([self.output_dir / HUB_STAGING] if self.args.push_to_hub else []):
+            # (Trainer.save_model pushes whatever it saves when push_to_hub is on: only the staged copy may.)
+            pushes = folder != self.output_dir
+            args = dataclasses.replace(self.args, output_dir=str(folder), report_to="none", push_to_hub=pushes)
+            final = SRUMTrainer(self.model, args)
+            if self.trainer is not None:
+                final.state.log_history = list(self.trainer.state.log_history)
+            if folder == self.output_dir:
+                final.save_model(str(folder))
+                final.create_model_card(**card)
+                continue
+            # The Hub gets what a model repository holds: what the card shows, beside what `push_to_hub` saves.
+            if folder.exists():
+                shutil.rmtree(folder)
+            folder.mkdir()
+            for name in ("samples", "eval_results.json"):
+                if (self.output_dir / name).is_dir():
+                    shutil.copytree(self.output_dir / name, folder / name)
+                elif (self.output_dir / name).is_file():
+                    shutil.copy2(self.output_dir / name, folder / name)
             final.push_to_hub(**card)
 
     def _run_round(self, round_index: int) -> None:
@@ -312,7 +330,10 @@ class SRUMPipeline:
         started = time.perf_counter()
         dataset = self._stage1(round_index, round_dir)
         stage1_seconds = time.perf_counter() - started
-        args = dataclasses.replace(self.args, output_dir=str(round_dir), seed=self.args.seed + round_index)
+        # Only the final weights go to the Hub (`save`), not every round's checkpoints.
+        args = dataclasses.replace(
+            self.args, output_dir=str(round_dir), seed=self.args.seed + round_index, push_to_hub=False
+        )
         callbacks = [*self.callbacks, _ValidationImages(self, self.rounds.validation_every, self.steps)]
         trainer = SRUMTrainer(self.model, args, train_dataset=dataset, callbacks=callbacks)
         trainer.logging_step_offset = self.steps
