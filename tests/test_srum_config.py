@@ -17,6 +17,7 @@ def test_defaults_follow_the_released_recipe_and_suit_an_image_model(tmp_path):
     assert config.text_dropout == 0.1
     assert config.timestep_sampling == "logit_normal" and config.timestep_shift == 1.0
     assert config.learning_rate == 2e-5 and config.adam_beta2 == 0.95
+    assert config.num_train_epochs == 1.0  # each round's samples used about once
     assert config.activation_checkpointing is False and config.gradient_checkpointing is False
     assert config.remove_unused_columns is False
 
@@ -28,6 +29,7 @@ def test_every_srum_field_has_help_and_is_documented():
         assert f.metadata.get("help"), f"{f.name} has no help"
         assert f"{f.name} (`" in SRUMConfig.__doc__ or f.name in {
             "learning_rate",
+            "num_train_epochs",
             "adam_beta2",
             "lr_scheduler_type",
             "gradient_checkpointing",

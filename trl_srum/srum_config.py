@@ -103,7 +103,8 @@ class SRUMConfig(_BaseConfig):
             gets its own, independent sample. `False` uses the posterior mean for both.
 
     > [!NOTE]
-    > Defaults that differ from [`~transformers.TrainingArguments`]: `learning_rate=2e-5`, `adam_beta2=0.95`,
+    > Defaults that differ from [`~transformers.TrainingArguments`]: `learning_rate=2e-5`, `num_train_epochs=1` (in
+    > rounds, each round's fresh samples are used about once), `adam_beta2=0.95`,
     > `lr_scheduler_type="constant_with_warmup"` (the released recipe), `logging_steps=10`,
     > activation (gradient) checkpointing off (TRL turns it on; enable it only for models that support it) and
     > `remove_unused_columns=False`.
@@ -113,6 +114,13 @@ class SRUMConfig(_BaseConfig):
 
     # Parameters whose default values are overridden from TrainingArguments
     learning_rate: float = field(default=2e-5, metadata={"help": "The initial learning rate for AdamW."})
+    num_train_epochs: float = field(
+        default=1.0,
+        metadata={
+            "help": "Passes over the rollout data (each round's, in rounds): 1 uses every sample about once, as "
+            "online fine-tuning does. `max_steps` > 0 overrides it."
+        },
+    )
     adam_beta2: float = field(default=0.95, metadata={"help": "The beta2 hyperparameter of AdamW."})
     lr_scheduler_type: str = field(
         default="constant_with_warmup", metadata={"help": "The scheduler type to use (released SRUM: constant)."}
