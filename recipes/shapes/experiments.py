@@ -10,8 +10,9 @@ the held-out prompts with the same sampling seeds, so all numbers of one seed ar
   "oracle: correct samples only" variant keeps just the rows the oracle calls right (upper bounds, not self-rewarding);
   the "clean renders" control swaps every image for a render of its prompt (does the model improve at all when
   fine-tuned on perfect data?).
-- online (`rounds > 1`, `trl_srum.pipeline`): every round draws fresh candidates from the current model, judges them
-  (with the model itself, or with the oracle for the upper bound), and trains one pass on them.
+- online (`trl_srum.pipeline`, with the recipe's rounds: `--num_rounds`, `--prompts_per_round`, `--num_candidates`):
+  every round draws fresh candidates from the current model, judges them (with the model itself, or with the oracle
+  for the upper bound), and trains one pass on them.
 
 Each seed writes `<output_dir>/results-seed<N>.json`, so seeds can run as separate processes into one folder (one
 core each):
@@ -67,15 +68,12 @@ class Variant:
     judge: str = "text"  # stage 1's judge: the model's own ("text", "prob") or "oracle"
     derived: str | None = None  # offline rollouts derived from the `text` ones: "correct" or "renders"
     lora_rank: int | None = None
-    rounds: int = 1  # > 1: online rounds of fresh rollouts (trl_srum.pipeline)
+    online: bool = False  # rounds of fresh rollouts (trl_srum.pipeline) with the recipe's RoundsConfig
 
 
 UNIFORM = {"use_global_reward": False, "use_local_rewards": False}
 NFT = {"loss_type": "nft", "constraint": "none"}
-# Online rounds: 24 prompts (4 per category) x 4 candidates each round, one pass, 10 rounds.
-ONLINE = {"rounds": 10}
-ONLINE_ROLLOUTS = {"num_candidates": 4}
-ONLINE_PROMPTS_PER_ROUND = 24
+ONLINE = {"online": True}
 
 VARIANTS: dict[str, Variant] = {
     "SRUM (official map)": Variant(),
@@ -138,7 +136,7 @@ def main() -> None:
         return
     if own.threads:
         torch.set_num_threads(own.threads)
-    run_args, _, base_args, base_rollouts, model_args = parse_arguments(
+    run_args, rounds, base_args, base_rollouts, model_args = parse_arguments(
         (RunArguments, RoundsConfig, SRUMConfig, RolloutConfig, SRUMModelConfig),
         recipe_argv,
         prog="experiments.py",
@@ -176,8 +174,8 @@ def main() -> None:
                 peft_config = LoraConfig(r=variant.lora_rank, lora_alpha=2 * variant.lora_rank)
             started = time.perf_counter()
             model = load()
-            if variant.rounds > 1:
-                model = train_online(model, variant, training_args, base_rollouts, peft_config, seed)
+            if variant.online:
+                model = train_online(model, variant, training_args, base_rollouts, rounds, peft_config, seed)
             else:
                 dataset = offline_rollouts(rollouts, variant, base_rollouts, seed, output, load)
                 trainer = SRUMTrainer(model, training_args, train_dataset=dataset, peft_config=peft_config)
@@ -209,16 +207,16 @@ def offline_rollouts(cache: dict[str, Dataset], variant: Variant, base_config, s
     return cache[key]
 
 
-def train_online(model, variant: Variant, training_args, base_rollouts, peft_config, seed: int):
+def train_online(model, variant: Variant, training_args, base_rollouts, rounds, peft_config, seed: int):
     """Online rounds from the base model: fresh candidates each round, judged by the model itself or the oracle."""
-    rollout_config = dataclasses.replace(base_rollouts, rollout_seed=seed, **ONLINE_ROLLOUTS)
+    rollout_config = dataclasses.replace(base_rollouts, rollout_seed=seed)
     training_args = dataclasses.replace(training_args, num_train_epochs=1, max_steps=-1, save_strategy="no")
     pipeline = SRUMPipeline(
         model,
         config_prompts(rollout_config),
         args=training_args,
         rollout_config=rollout_config,
-        rounds=RoundsConfig(num_rounds=variant.rounds, prompts_per_round=ONLINE_PROMPTS_PER_ROUND, drift_probe=0),
+        rounds=dataclasses.replace(rounds, drift_probe=0),
         peft_config=peft_config,
         judge=OracleJudge() if variant.judge == "oracle" else None,
     )
