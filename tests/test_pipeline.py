@@ -216,6 +216,7 @@ def test_only_the_final_adapter_and_its_card_with_the_rounds_go_to_the_hub(tmp_p
     run.save(dataset_name="user/shapes-rollouts")
     uploaded = tmp_path / "hub" / "user" / "srum-rounds"
     assert (uploaded / "adapter_model.safetensors").is_file()
-    assert not any(path.name.startswith(("round-", "runs", "pipeline")) for path in uploaded.iterdir()), sorted(p.name for p in uploaded.iterdir())
+    uploaded_names = sorted(path.name for path in uploaded.iterdir())
+    assert not any(name.startswith(("round-", "runs", "pipeline")) for name in uploaded_names), uploaded_names
     card = (uploaded / "README.md").read_text()
     assert "## Rounds" in card and "user/shapes-rollouts" in card

@@ -1,17 +1,18 @@
-"""Can the model judge its own samples? The question SRUM stands on, answered exactly in the shapes world.
+"""Does the model draw well, fail at composition, and see its own mistakes? Issue 15's rungs 1 and 2, measured.
 
-    python recipes/shapes/probe_judge.py                                   # the shipped model
-    python recipes/shapes/probe_judge.py --model_name_or_path runs/judge   # e.g. a retrained judge
+    python recipes/shapes/probe_judge.py --split heldout                       # the shipped model, held-out prompts
+    python recipes/shapes/probe_judge.py --model_name_or_path runs/m1 --split train   # tune on training prompts
 
-The model draws `--candidates` images for `--per_category` training prompts of every category (fixed seeds), and
-the oracle labels them. Printed:
+The model draws `--candidates` images (fixed seeds, the shipped sampler settings `SHAPES_SAMPLING`) for up to
+`--per_category` prompts of every category of one split, and the oracle reads and judges them. Printed and written to
+`--output` as JSON:
 
-- the plain VQA questions of pretraining (exists / count / colour / relation) on those samples and on clean renders
-  of the same prompts, each next to the accuracy of always giving the most frequent answer;
-- how well the `prob` judge's P(yes) to "does the layout match the prompt?" ranks the samples (AUC against the
-  oracle's verdict: 0.5 is chance), over all samples and averaged within categories (where the prompt's category
-  cannot help).
-Writes the same figures to `--output` as JSON.
+- rung 1: the share of drawn objects the oracle reads as some valid shape and colour; single-sample accuracy per
+  category; what the wrong images get wrong (`trl_srum.shapes.diagnostics.drawing_errors`);
+- rung 2: how well the `prob` self-judge (`SelfJudge(model, mode="prob", style="concise")`: P(yes) to "does the layout
+  match the prompt?") ranks the model's own samples against the oracle's verdict (AUC, 0.5 = chance), overall and
+  within each category; and the accuracy when each prompt keeps the first `--best_of` candidates' best by that judge;
+- with `--vqa`: the plain VQA questions of pretraining on the samples, next to always giving the most frequent answer.
 """
 
 import argparse
@@ -22,59 +23,82 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from trl_srum.judge.prompts import global_probability_question
+from trl_srum.judge.scoring import SelfJudge
 from trl_srum.models import load_unified_model
-from trl_srum.shapes import CATEGORIES, parse_prompt, render, sample_specs
-from trl_srum.shapes.evaluation import generation_accuracy, ranking_auc, vqa_accuracy
+from trl_srum.shapes import CATEGORIES, detect, judge, parse_prompt
+from trl_srum.shapes.diagnostics import best_of_k_accuracy, drawing_errors, error_breakdown, valid_object_fraction
+from trl_srum.shapes.evaluation import evaluation_specs, generation_accuracy, ranking_auc, vqa_accuracy
 from trl_srum.shapes.pretrained import DEFAULT_MODEL_DIR, SHAPES_IMAGE_SIZE, SHAPES_SAMPLING
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_name_or_path", default=str(DEFAULT_MODEL_DIR))
-    parser.add_argument("--per_category", type=int, default=12)
-    parser.add_argument("--candidates", type=int, default=2)
+    parser.add_argument("--split", choices=["train", "heldout"], default="train")
+    parser.add_argument("--per_category", type=int, default=54)
+    parser.add_argument("--candidates", type=int, default=8)
+    parser.add_argument("--best_of", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vqa", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default="output/probe_judge.json")
     args = parser.parse_args()
+    if not 1 <= args.best_of <= args.candidates:
+        raise ValueError(f"--best_of {args.best_of} must lie in 1..--candidates ({args.candidates})")
+    torch.set_num_threads(args.threads)
     model = load_unified_model(args.model_name_or_path, dtype=torch.float32).eval()
 
-    specs = {category: sample_specs(category, args.per_category, args.seed, split="train") for category in CATEGORIES}
-    # The same draws as an evaluation: every prompt with `--candidates` sampling seeds, judged by the oracle.
-    seeds = [100 * args.seed + candidate for candidate in range(args.candidates)]
+    specs = evaluation_specs(args.per_category, split=args.split, seed=args.seed)
+    seeds = [1000 * args.seed + candidate for candidate in range(args.candidates)]
     _, samples = generation_accuracy(model, specs, seeds, image_size=SHAPES_IMAGE_SIZE, **SHAPES_SAMPLING)
-    images = [sample.image for sample in samples]
-    correct = np.array([sample.correct for sample in samples])
-    margins = []
+    readings = [detect(sample.image) for sample in tqdm(samples, desc="oracle", unit="image")]
+    errors = [
+        drawing_errors(judge(reading, parse_prompt(sample.prompt)), parse_prompt(sample.prompt))
+        for sample, reading in zip(samples, readings, strict=True)
+    ]
+    self_judge = SelfJudge(model, mode="prob", style="concise")
     with torch.no_grad():
-        for sample in tqdm(samples, desc="prob judge", unit="image"):
-            question = global_probability_question(sample.prompt, sample.image.size, style="concise")
-            log_probs = model.score_answers(sample.image, [question], ["yes", "no"])[0]
-            margins.append(float(log_probs[0] - log_probs[1]))
+        scores = [
+            self_judge.judge(sample.image, sample.prompt, []).global_score
+            for sample in tqdm(samples, desc="prob judge", unit="image")
+        ]
+    scores = np.array([np.nan if score is None else score for score in scores])
+    correct = np.array([sample.correct for sample in samples])
     categories = np.array([sample.category for sample in samples])
-    margins = np.array(margins)
-    within = [ranking_auc(margins[categories == c], correct[categories == c]) for c in CATEGORIES]
-    renders = [render(parse_prompt(sample.prompt), size=SHAPES_IMAGE_SIZE, seed=i) for i, sample in enumerate(samples)]
+
+    # Samples come prompt by prompt, `--candidates` each, in seed order.
+    per_prompt = (-1, args.candidates)
+    picked_correct = correct.reshape(per_prompt)[:, : args.best_of]
+    picked_scores = scores.reshape(per_prompt)[:, : args.best_of]
+    prompt_categories = categories.reshape(per_prompt)[:, 0]
+    valid, objects = valid_object_fraction(readings)
     report = {
-        "samples": len(images),
-        "oracle_correct": float(correct.mean()),
-        "vqa_own_samples": vqa_accuracy(model, images, seed=args.seed),
-        "vqa_renders": vqa_accuracy(model, renders, seed=args.seed),
-        "prob_judge_auc": ranking_auc(margins, correct),
-        "prob_judge_auc_within_category": float(np.nanmean(within)),
+        "model": args.model_name_or_path,
+        "split": args.split,
+        "prompts": len(picked_correct),
+        "samples": len(samples),
+        "sampling": {k: list(v) if isinstance(v, tuple) else v for k, v in SHAPES_SAMPLING.items()},
+        "valid_object_fraction": valid,
+        "objects": objects,
+        "accuracy": {c: float(correct[categories == c].mean()) for c in CATEGORIES}
+        | {"overall": float(correct.mean())},
+        "errors": error_breakdown(errors),
+        "prob_judge_auc": ranking_auc(scores, correct),
+        "prob_judge_auc_within": {
+            c: ranking_auc(scores[categories == c], correct[categories == c]) for c in CATEGORIES
+        },
+        "best_of": args.best_of,
+        "single_sample_accuracy": float(picked_correct.mean()),
+        "best_of_k_accuracy": best_of_k_accuracy(picked_correct, picked_scores),
+        "best_of_k_within": {
+            c: best_of_k_accuracy(picked_correct[prompt_categories == c], picked_scores[prompt_categories == c])
+            for c in CATEGORIES
+        },
+        "oracle_best_of_k_accuracy": float(picked_correct.any(axis=1).mean()),
     }
-    print(f"\n{len(images)} own samples, {100 * report['oracle_correct']:.1f}% correct by the oracle")
-    print("\n| question | own samples | (majority) | clean renders | (majority) |\n|---|---:|---:|---:|---:|")
-    for kind, own in report["vqa_own_samples"].items():
-        rendered = report["vqa_renders"].get(kind, {"accuracy": float("nan"), "majority": float("nan")})
-        print(
-            f"| {kind} | {100 * own['accuracy']:.1f} | ({100 * own['majority']:.1f}) | "
-            f"{100 * rendered['accuracy']:.1f} | ({100 * rendered['majority']:.1f}) |"
-        )
-    print(
-        f"\nprob judge AUC on own samples: {report['prob_judge_auc']:.3f} overall, "
-        f"{report['prob_judge_auc_within_category']:.3f} within categories (0.5 = chance)"
-    )
+    if args.vqa:
+        report["vqa_own_samples"] = vqa_accuracy(model, [sample.image for sample in samples], seed=args.seed)
+    print(json.dumps(report, indent=2))
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2))
 
