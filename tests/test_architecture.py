@@ -167,3 +167,32 @@ def test_no_module_imports_itself_back_when_it_loads():
 def test_the_cycle_check_catches_a_cycle_between_modules():
     graph = {"a.x": {"b.y"}, "b.y": {"c.z"}, "c.z": {"a.x"}, "p": {"p.q"}, "p.q": {"p"}}
     assert import_cycles(graph) == ["a.x -> b.y -> c.z -> a.x"]
+
+
+def absolute_self_imports(source: str) -> list[int]:
+    """Lines where package code imports `trl_srum` by its absolute name (one style package-wide: relative)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        else:
+            continue
+        if any(name == TOP_LEVEL or name.startswith(TOP_LEVEL + ".") for name in names):
+            found.append(node.lineno)
+    return sorted(found)
+
+
+def test_the_package_imports_itself_relatively():
+    problems = [
+        f"{path.relative_to(REPO_ROOT)}:{line}"
+        for path in sorted(REPO_ROOT.glob("trl_srum/**/*.py"))
+        for line in absolute_self_imports(path.read_text())
+    ]
+    assert not problems, "absolute imports of trl_srum inside the package (use relative ones):\n" + "\n".join(problems)
+
+
+def test_the_import_style_check_sees_absolute_imports():
+    assert absolute_self_imports("def f():\n    from trl_srum.loss import srum_loss\nimport trl_srum.flow") == [2, 3]
+    assert absolute_self_imports("from .loss import srum_loss\nfrom torch import nn") == []

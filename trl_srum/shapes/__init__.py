@@ -11,11 +11,11 @@ prompt is decided exactly. Modules:
 - `augment`: perturbations that mimic generated images, and spec alterations that make a prompt wrong.
 """
 
-from trl_srum.shapes.augment import ALTERATIONS, alter, perturb
-from trl_srum.shapes.geometry import POSITION_THRESHOLD, relations, union_box
-from trl_srum.shapes.oracle import Detection, Reading, accuracy_table, detect, evaluate, judge
-from trl_srum.shapes.render import render, render_scene
-from trl_srum.shapes.spec import (
+from .augment import ALTERATIONS, alter, perturb
+from .geometry import POSITION_THRESHOLD, relations, union_box
+from .oracle import Detection, Reading, accuracy_table, detect, evaluate, judge
+from .render import render, render_scene
+from .spec import (
     BACKGROUND,
     COLORS,
     MAX_COUNT,
@@ -29,7 +29,7 @@ from trl_srum.shapes.spec import (
     validate_spec,
     vocabulary,
 )
-from trl_srum.shapes.splits import (
+from .splits import (
     CATEGORIES,
     HELDOUT_FRACTION,
     SPLITS,

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFilter
 
-from trl_srum.shapes.spec import COLORS, MAX_COUNT, MAX_INSTANCES, MAX_OBJECTS, RELATIONS, SHAPES, validate_spec
+from .spec import COLORS, MAX_COUNT, MAX_INSTANCES, MAX_OBJECTS, RELATIONS, SHAPES, validate_spec
 
 
 ALTERATIONS: tuple[str, ...] = ("color", "shape", "count", "swap_colors", "relation", "missing", "extra")

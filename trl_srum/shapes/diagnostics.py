@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from trl_srum.shapes.oracle import Reading
-from trl_srum.shapes.spec import COLORS, SHAPES, validate_spec
+from .oracle import Reading
+from .spec import COLORS, SHAPES, validate_spec
 
 
 COMPOSITIONAL = ("count", "binding", "relation", "missing")

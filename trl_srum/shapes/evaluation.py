@@ -16,15 +16,15 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from trl_srum.judge import prompts as judge_prompts
-from trl_srum.prompt_text import Style
-from trl_srum.protocol import UnifiedModel
-from trl_srum.shapes.augment import ALTERATIONS, alter, perturb
-from trl_srum.shapes.oracle import accuracy_table, detect, evaluate
-from trl_srum.shapes.render import render
-from trl_srum.shapes.spec import describe
-from trl_srum.shapes.splits import CATEGORIES, all_specs, sample_specs
-from trl_srum.shapes.tasks import vqa_questions
+from ..judge import prompts as judge_prompts
+from ..prompt_text import Style
+from ..protocol import UnifiedModel
+from .augment import ALTERATIONS, alter, perturb
+from .oracle import accuracy_table, detect, evaluate
+from .render import render
+from .spec import describe
+from .splits import CATEGORIES, all_specs, sample_specs
+from .tasks import vqa_questions
 
 
 @dataclass

@@ -7,7 +7,7 @@ box of its instances: its centre is that box's centre and its size along each ax
 
 from __future__ import annotations
 
-from trl_srum.object_rules import POSITION_THRESHOLD, Box, relation_components, relations, union_box
+from ..object_rules import POSITION_THRESHOLD, Box, relation_components, relations, union_box
 
 
 __all__ = ["POSITION_THRESHOLD", "Box", "relation_components", "relations", "union_box"]

@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from trl_srum.object_rules import group_relations
-from trl_srum.shapes.spec import BACKGROUND, COLORS, PALETTE, validate_spec
-from trl_srum.shapes.splits import CATEGORIES
+from ..object_rules import group_relations
+from .spec import BACKGROUND, COLORS, PALETTE, validate_spec
+from .splits import CATEGORIES
 
 
 MIN_CORE_FRACTION = 0.0025

@@ -23,7 +23,7 @@ SHAPES_SAMPLING: dict[str, Any] = {
 
 def load_shapes_model(path: str | Path = DEFAULT_MODEL_DIR, **kwargs: Any):
     """The shipped tiny BAGEL (a `BagelModel`), loaded through the same `from_pretrained` as the 7B."""
-    from trl_srum.models import load_unified_model
+    from ..models import load_unified_model
 
     path = Path(path)
     if not (path / "config.json").is_file():

@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from trl_srum.judge.prompts import concise_vocabulary
-from trl_srum.models.bagel import BagelConfig, BagelModel
-from trl_srum.models.bagel.conversion import special_token_ids_from_tokenizer
-from trl_srum.models.bagel.tiny import build_word_level_tokenizer
-from trl_srum.shapes.pretraining_data import (
+from ..judge.prompts import concise_vocabulary
+from ..models.bagel import BagelConfig, BagelModel
+from ..models.bagel.conversion import special_token_ids_from_tokenizer
+from ..models.bagel.tiny import build_word_level_tokenizer
+from .pretraining_data import (
     GenerationBank,
     Scene,
     UnderstandingRows,
@@ -38,9 +38,9 @@ from trl_srum.shapes.pretraining_data import (
     render_scenes,
     understanding_rows,
 )
-from trl_srum.shapes.spec import vocabulary
-from trl_srum.shapes.tasks import QUESTION_WORDS
-from trl_srum.shapes.training_forward import answer_objective, flow_batch, flow_objective, vit_features
+from .spec import vocabulary
+from .tasks import QUESTION_WORDS
+from .training_forward import answer_objective, flow_batch, flow_objective, vit_features
 
 
 STATE_FILE = "training_state.pt"

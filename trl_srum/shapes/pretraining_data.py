@@ -25,14 +25,14 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from trl_srum.judge.prompts import global_probability_question
-from trl_srum.models.bagel import BagelModel
-from trl_srum.shapes.augment import ALTERATIONS, alter, perturb
-from trl_srum.shapes.oracle import Detection, Reading, detect, judge
-from trl_srum.shapes.render import render_scene
-from trl_srum.shapes.spec import RELATIONS, describe, validate_spec
-from trl_srum.shapes.splits import CATEGORIES, all_specs, category_of, is_heldout
-from trl_srum.shapes.tasks import LabelledQuestion, scene_questions, shown_spec
+from ..judge.prompts import global_probability_question
+from ..models.bagel import BagelModel
+from .augment import ALTERATIONS, alter, perturb
+from .oracle import Detection, Reading, detect, judge
+from .render import render_scene
+from .spec import RELATIONS, describe, validate_spec
+from .splits import CATEGORIES, all_specs, category_of, is_heldout
+from .tasks import LabelledQuestion, scene_questions, shown_spec
 
 
 BANK_FILE = "generation_bank.pt"

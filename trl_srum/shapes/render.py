@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from trl_srum.shapes.geometry import POSITION_THRESHOLD, Box, relation_components, relations, union_box
-from trl_srum.shapes.spec import BACKGROUND, PALETTE, describe, validate_spec
+from .geometry import POSITION_THRESHOLD, Box, relation_components, relations, union_box
+from .spec import BACKGROUND, PALETTE, describe, validate_spec
 
 
 MIN_SIZE = 32

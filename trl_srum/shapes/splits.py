@@ -44,7 +44,7 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from trl_srum.shapes.spec import COLORS, MAX_COUNT, RELATIONS, SHAPES, validate_spec
+from .spec import COLORS, MAX_COUNT, RELATIONS, SHAPES, validate_spec
 
 
 CATEGORIES: tuple[str, ...] = ("single_object", "two_objects", "counting", "colour_binding", "position", "complex")

@@ -32,11 +32,11 @@ from typing import Any
 
 import numpy as np
 
-from trl_srum.judge import prompts as judge_prompts
-from trl_srum.prompt_text import grounding_answer, grounding_prompt
-from trl_srum.shapes.geometry import relations, union_box
-from trl_srum.shapes.oracle import Detection, Reading, detect, judge
-from trl_srum.shapes.spec import (
+from ..judge import prompts as judge_prompts
+from ..prompt_text import grounding_answer, grounding_prompt
+from .geometry import relations, union_box
+from .oracle import Detection, Reading, detect, judge
+from .spec import (
     COLORS,
     MAX_COUNT,
     MAX_INSTANCES,

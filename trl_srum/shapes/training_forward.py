@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb, repeat_kv
 
-from trl_srum.flow import add_noise, sample_timesteps
-from trl_srum.models.bagel import BagelModel
-from trl_srum.models.bagel.image_processing import grid_position_ids
-from trl_srum.shapes.pretraining_data import GenerationBank, UnderstandingRows
+from ..flow import add_noise, sample_timesteps
+from ..models.bagel import BagelModel
+from ..models.bagel.image_processing import grid_position_ids
+from .pretraining_data import GenerationBank, UnderstandingRows
 
 
 def vit_features(model: BagelModel, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
