@@ -116,6 +116,7 @@ VARIANTS: dict[str, Variant] = {
     # own judge, and with the oracle as its upper bound), and uniform self-training.
     "online: SRUM (official loss)": Variant(**ONLINE),
     "online: NFT, self-judge": Variant(NFT, **ONLINE),
+    "online: NFT, prob self-judge": Variant(NFT, judge="prob", **ONLINE),
     "online: NFT, oracle rewards": Variant(NFT, judge="oracle", **ONLINE),
     "online: self-SFT (uniform weights)": Variant(UNIFORM, **ONLINE),
 }
@@ -210,6 +211,8 @@ def offline_rollouts(cache: dict[str, Dataset], variant: Variant, base_config, s
 def train_online(model, variant: Variant, training_args, base_rollouts, rounds, peft_config, seed: int):
     """Online rounds from the base model: fresh candidates each round, judged by the model itself or the oracle."""
     rollout_config = dataclasses.replace(base_rollouts, rollout_seed=seed)
+    if variant.judge != "oracle":
+        rollout_config = dataclasses.replace(rollout_config, judge_mode=variant.judge)
     training_args = dataclasses.replace(training_args, num_train_epochs=1, max_steps=-1, save_strategy="no")
     pipeline = SRUMPipeline(
         model,

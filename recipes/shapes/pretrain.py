@@ -46,7 +46,7 @@ own samples:
 3. 12000 more steps from its averaged weights with clean colours and counts in the captions (the colour-swap noise
    came out as colour-mixed blobs: 55% of the objects drawn for training colour-binding prompts were readable at step
    10000, against 77% for two-object prompts, whose captions had no noise), training times shifted towards noise,
-   where the layout is decided, and a final decay (killed once after step 4500 and resumed; wall time in docs/results.md):
+   where the layout is decided, and a final decay (77 min over two invocations: killed once after step 4500, then resumed):
 
        python recipes/shapes/pretrain.py --output_dir runs/m2 --init_from runs/m1 --steps 12000 --decay_steps 3000 \
            --steps_per_chunk 500 --generation_batch 32 --understanding_batch 8 --own_from 0 --own_samples 256 \
