@@ -5,7 +5,7 @@ primitives (prefill images and text into a KV cache, decode) and decode."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 from PIL import Image
@@ -18,8 +18,17 @@ from .configuration_bagel import BagelConfig
 from .image_processing import pil_to_tensor, resize_for_model
 
 
-if TYPE_CHECKING:
-    from .modeling_bagel import BagelModel
+class BagelModel(generation.BagelModel, Protocol):
+    """What these functions use of `modeling_bagel.BagelModel` beyond the generation primitives (typed here, as in
+    `generation`, so that the model file and this one do not import each other)."""
+
+    @property
+    def supports_grounding(self) -> bool: ...
+    def prefill_images(self, cache: KVCache, pixel_values: Sequence[torch.Tensor]) -> KVCache: ...
+    def understanding_pixels(self, image: Image.Image) -> torch.Tensor: ...
+    def answer_questions(
+        self, images: Sequence[Image.Image], questions: Sequence[str], **kwargs: Any
+    ) -> list[str]: ...
 
 
 # The official inferencer's system prompt for answering with reasoning first.
