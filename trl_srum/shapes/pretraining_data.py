@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ..judge.prompts import global_probability_question
 from ..models.bagel import BagelModel
+from ..models.bagel.image_processing import patchify
 from .augment import ALTERATIONS, alter, perturb
 from .oracle import Detection, Reading, detect, judge
 from .render import render_scene
@@ -149,11 +150,7 @@ def encode_latents(model: BagelModel, pixels: torch.Tensor) -> torch.Tensor:
     """`(B, 3, H, W)` pixels in [-1, 1] -> normalised latent tokens `(B, rows * cols, latent_dim)` (posterior mean)."""
     vae, p = model.vae, model.config.latent_patch_size
     latent = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mean.float()
-    latent = vae.config.scaling_factor * (latent - vae.config.shift_factor)
-    batch, channels, height, width = latent.shape
-    # The batched form of `image_processing.patchify`: features ordered (patch row, patch col, channel).
-    tokens = latent.reshape(batch, channels, height // p, p, width // p, p).permute(0, 2, 4, 3, 5, 1)
-    return tokens.reshape(batch, (height // p) * (width // p), p * p * channels)
+    return patchify(vae.config.scaling_factor * (latent - vae.config.shift_factor), p)
 
 
 def build_generation_bank(

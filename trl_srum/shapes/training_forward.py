@@ -19,16 +19,15 @@ from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb, repea
 
 from ..flow import add_noise, sample_timesteps
 from ..models.bagel import BagelModel
-from ..models.bagel.image_processing import grid_position_ids
+from ..models.bagel.image_processing import grid_position_ids, patchify
 from .pretraining_data import GenerationBank, UnderstandingRows
 
 
 def vit_features(model: BagelModel, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """SigLIP features `(B, patches, vit_hidden)` of same-size images and their position-table rows `(patches,)`."""
-    batch, channels, height, width = pixels.shape
+    batch, _, height, width = pixels.shape
     p = model.config.vit_config.patch_size
-    patches = pixels.reshape(batch, channels, height // p, p, width // p, p).permute(0, 2, 4, 3, 5, 1)
-    patches = patches.reshape(batch, (height // p) * (width // p), p * p * channels)
+    patches = patchify(pixels, p)
     positions = grid_position_ids((height // p, width // p), model.config.vit_max_num_patch_per_side)
     device = model.connector.fc1.weight.device
     positions = positions.to(device)

@@ -200,3 +200,12 @@ def test_bagel_parity_think_t2i(model, cases, tensors):
         trace=trace,
     )
     check_sampling_trace(model, trace, latents, grid, case, tensors, "think")
+
+
+def test_patchify_of_a_batch_is_the_patchify_of_each_image():
+    # The batched pretraining paths (VAE latents, ViT patches) rely on this; the parity above pins one image's layout.
+    images = torch.randn(3, 4, 16, 24)
+    batched = patchify(images, 2)
+    assert batched.shape == (3, 8 * 12, 2 * 2 * 4)
+    torch.testing.assert_close(batched, torch.stack([patchify(image, 2) for image in images]), rtol=0, atol=0)
+    torch.testing.assert_close(patchify(images[None], 2)[0], batched, rtol=0, atol=0)

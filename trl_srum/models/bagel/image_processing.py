@@ -43,15 +43,18 @@ def tensor_to_pil(pixels: torch.Tensor) -> Image.Image:
 
 
 def patchify(image: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """`(channels, height, width)` -> `(rows * cols, patch_size * patch_size * channels)` tokens, row-major.
+    """`(..., channels, height, width)` -> `(..., rows * cols, patch_size * patch_size * channels)` tokens, row-major
+    (leading batch dimensions are kept).
 
     Features are ordered (patch row, patch col, channel), channel fastest: the layout of both BAGEL's latent tokens
     and its ViT patch embedding.
     """
-    channels, height, width = image.shape
+    *batch, channels, height, width = image.shape
     rows, cols = height // patch_size, width // patch_size
-    tokens = image.reshape(channels, rows, patch_size, cols, patch_size)
-    return tokens.permute(1, 3, 2, 4, 0).reshape(rows * cols, patch_size * patch_size * channels)
+    tokens = image.reshape(*batch, channels, rows, patch_size, cols, patch_size)
+    lead = len(batch)
+    tokens = tokens.permute(*range(lead), lead + 1, lead + 3, lead + 2, lead + 4, lead)
+    return tokens.reshape(*batch, rows * cols, patch_size * patch_size * channels)
 
 
 def unpatchify(tokens: torch.Tensor, grid: tuple[int, int], patch_size: int) -> torch.Tensor:
