@@ -303,27 +303,31 @@ class SRUMPipeline:
         to `output_dir`; with `args.push_to_hub`, push them (and the card's samples and evaluation) without the rounds'
         folders."""
         card = {"dataset_name": dataset_name, "rounds": self.summaries, "image_size": self.rollout_config.image_size}
-        for folder in [self.output_dir] + ([self.output_dir / HUB_STAGING] if self.args.push_to_hub else []):
-            # (Trainer.save_model pushes whatever it saves when push_to_hub is on: only the staged copy may.)
-            pushes = folder != self.output_dir
-            args = dataclasses.replace(self.args, output_dir=str(folder), report_to="none", push_to_hub=pushes)
-            final = SRUMTrainer(self.model, args)
-            if self.trainer is not None:
-                final.state.log_history = list(self.trainer.state.log_history)
-            if folder == self.output_dir:
-                final.save_model(str(folder))
-                final.create_model_card(**card)
-                continue
-            # The Hub gets what a model repository holds: what the card shows, beside what `push_to_hub` saves.
-            if folder.exists():
-                shutil.rmtree(folder)
-            folder.mkdir()
-            for name in ("samples", "eval_results.json"):
-                if (self.output_dir / name).is_dir():
-                    shutil.copytree(self.output_dir / name, folder / name)
-                elif (self.output_dir / name).is_file():
-                    shutil.copy2(self.output_dir / name, folder / name)
-            final.push_to_hub(**card)
+        final = self._final_trainer(self.output_dir, pushes=False)
+        final.save_model(str(self.output_dir))
+        final.create_model_card(**card)
+        if not self.args.push_to_hub:
+            return
+        # The Hub gets what a model repository holds: what the card shows, beside what `push_to_hub` saves.
+        staging = self.output_dir / HUB_STAGING
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir()
+        for name in ("samples", "eval_results.json"):
+            if (self.output_dir / name).is_dir():
+                shutil.copytree(self.output_dir / name, staging / name)
+            elif (self.output_dir / name).is_file():
+                shutil.copy2(self.output_dir / name, staging / name)
+        self._final_trainer(staging, pushes=True).push_to_hub(**card)
+
+    def _final_trainer(self, folder: Path, pushes: bool) -> SRUMTrainer:
+        """A trainer over the final model that writes to `folder`, with every round's log for the model card.
+        (`Trainer.save_model` pushes whatever it saves when `push_to_hub` is on: only the staged copy may.)"""
+        args = dataclasses.replace(self.args, output_dir=str(folder), report_to="none", push_to_hub=pushes)
+        final = SRUMTrainer(self.model, args)
+        if self.trainer is not None:
+            final.state.log_history = list(self.trainer.state.log_history)
+        return final
 
     def _run_round(self, round_index: int) -> None:
         round_dir = self.output_dir / f"round-{round_index}"
