@@ -52,10 +52,8 @@ def main() -> None:
     seeds = [1000 * args.seed + candidate for candidate in range(args.candidates)]
     _, samples = generation_accuracy(model, specs, seeds, image_size=SHAPES_IMAGE_SIZE, **SHAPES_SAMPLING)
     readings = [detect(sample.image) for sample in tqdm(samples, desc="oracle", unit="image")]
-    errors = [
-        drawing_errors(judge(reading, parse_prompt(sample.prompt)), parse_prompt(sample.prompt))
-        for sample, reading in zip(samples, readings, strict=True)
-    ]
+    specs_drawn = [parse_prompt(sample.prompt) for sample in samples]
+    errors = [drawing_errors(judge(reading, spec), spec) for spec, reading in zip(specs_drawn, readings, strict=True)]
     self_judge = SelfJudge(model, mode="prob", style="concise")
     with torch.no_grad():
         scores = [
