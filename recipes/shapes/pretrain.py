@@ -69,7 +69,7 @@ import torch
 from trl_srum.models.bagel import BagelModel
 from trl_srum.shapes import pretraining, pretraining_data
 from trl_srum.shapes.evaluation import evaluation_specs, generation_accuracy, understanding_accuracy
-from trl_srum.shapes.pretrained import SHAPES_IMAGE_SIZE, SHAPES_SAMPLING
+from trl_srum.shapes.pretrained import SHAPES_IMAGE_SIZE
 from trl_srum.shapes.render import render_scene
 
 
@@ -139,11 +139,11 @@ def load_or_build(args: argparse.Namespace) -> BagelModel:
     return model
 
 
-def held_out_gap(model: BagelModel, per_category: int) -> dict:
-    """The gap SRUM exists for: judging held-out scenes vs drawing held-out prompts."""
+def held_out_gap(model: BagelModel, per_category: int, sampling: dict) -> dict:
+    """The gap SRUM exists for: judging held-out scenes vs drawing held-out prompts (drawn with `sampling`)."""
     model.eval()
     specs = evaluation_specs(per_category, split="heldout")
-    table, _ = generation_accuracy(model, specs, seeds=[0], image_size=SHAPES_IMAGE_SIZE, **SHAPES_SAMPLING)
+    table, _ = generation_accuracy(model, specs, seeds=[0], image_size=SHAPES_IMAGE_SIZE, **sampling)
     scenes = [spec for group in specs.values() for spec in group]
     return {
         "generation_accuracy": {k: round(v["accuracy"], 3) for k, v in table.items()},
@@ -162,7 +162,6 @@ def main() -> None:
     config = pretraining.PretrainConfig(
         **{k: getattr(args, k) for k in asdict(pretraining.PretrainConfig()) if hasattr(args, k)},
         image_size=SHAPES_IMAGE_SIZE,
-        sampling=dict(SHAPES_SAMPLING),
         mix=pretraining_data.WorldMix(
             wrong_relation=args.wrong_relation, swapped_colours=args.swapped_colours, wrong_count=args.wrong_count
         ),
@@ -182,7 +181,7 @@ def main() -> None:
 
     state = pretraining.train(model, bank, config, output, export=export)
     if args.eval_per_category:
-        report.update(held_out_gap(model, args.eval_per_category))
+        report.update(held_out_gap(model, args.eval_per_category, config.sampling))
     export(model, state)
     print(json.dumps({k: v for k, v in report.items() if k not in ("args", "config", "history")}, indent=2))
 
